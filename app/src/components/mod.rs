@@ -1,0 +1,5 @@
+//! Reusable pieces of the monitor.
+
+mod spec_checker;
+
+pub use spec_checker::SpecChecker;

@@ -1,0 +1,71 @@
+//! The cairn web monitor.
+//!
+//! One set of views serves both halves of the page: with the `ssr` feature the server renders
+//! them to HTML, with `hydrate` the same components are compiled to WASM and take over that
+//! HTML in the browser. Anything the browser computes about a workflow comes from the `cairn`
+//! crate, so the browser and the server can never disagree on what a spec or an event means.
+//!
+//! # Layout
+//! - [`shell`]: the HTML document around the app (server only).
+//! - [`App`]: router and the workspace layout every page shares.
+//! - `layout`: the sidebar + main panel frame.
+//! - `pages`: one module per page.
+//! - `components`: reusable pieces (the spec checker, ...).
+
+mod components;
+mod layout;
+mod pages;
+
+use leptos::prelude::*;
+use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
+use leptos_router::{
+    StaticSegment,
+    components::{Route, Router, Routes},
+};
+
+/// The HTML document the server wraps around [`App`]: head, hydration scripts, body.
+pub fn shell(options: LeptosOptions) -> impl IntoView {
+    view! {
+        <!DOCTYPE html>
+        <html lang="en">
+            <head>
+                <meta charset="utf-8"/>
+                <meta name="viewport" content="width=device-width, initial-scale=1"/>
+                <meta name="color-scheme" content="light dark"/>
+                <link rel="icon" href="/favicon.ico"/>
+                <AutoReload options=options.clone()/>
+                <HydrationScripts options/>
+                <MetaTags/>
+            </head>
+            <body>
+                <App/>
+            </body>
+        </html>
+    }
+}
+
+/// The whole application: the workspace layout around the routed page.
+#[component]
+pub fn App() -> impl IntoView {
+    provide_meta_context();
+
+    view! {
+        <Stylesheet id="leptos" href="/pkg/cairn.css"/>
+        <Title text="cairn"/>
+        <Router>
+            <layout::Workspace>
+                <Routes fallback=pages::NotFound>
+                    <Route path=StaticSegment("") view=pages::Home/>
+                </Routes>
+            </layout::Workspace>
+        </Router>
+    }
+}
+
+/// Browser entry point: take over the server-rendered HTML.
+#[cfg(feature = "hydrate")]
+#[wasm_bindgen::prelude::wasm_bindgen]
+pub fn hydrate() {
+    console_error_panic_hook::set_once();
+    leptos::mount::hydrate_body(App);
+}
