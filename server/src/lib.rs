@@ -1,0 +1,16 @@
+//! The cairn server: the HTTP API, the web monitor, the store and the command line.
+//!
+//! # Layout
+//! - [`cli`]: the `cairn` command line (`serve`, ...).
+//! - [`config`]: typed configuration from flags, environment and `cairn.toml`, loaded once.
+//! - [`store`]: the database (SQLite by default), opened and migrated at start-up.
+//! - [`http`]: the axum router: REST API, error shape, the Leptos pages and static files.
+//! - [`startup`]: builds an [`startup::Application`] from a config and runs it until shutdown.
+//! - [`telemetry`]: tracing set-up.
+
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,8 @@
+//! The `cairn` binary: parse the command line, then hand over to the library.
+
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    server::cli::main().await
+}

@@ -1,0 +1,93 @@
+//! Building the application from a [`Config`] and running it until told to stop.
+//!
+//! Split in two so tests can bind port 0, read the real address, then run:
+//! `Application::build(config).await?` → `app.addr()` → `app.run_until_stopped(token)`.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Context;
+use leptos::prelude::LeptosOptions;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::Config,
+    http::{self, AppState},
+    store::Store,
+};
+
+/// The output name cargo-leptos gives the browser bundle (`/pkg/cairn.js`, `.wasm`, `.css`).
+const BUNDLE_NAME: &str = "cairn";
+
+/// A bound, ready-to-serve cairn server.
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    state: AppState,
+}
+
+impl Application {
+    /// Opens and migrates the store, binds the address; does not serve yet.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let store = Store::connect(&config.database_url).await?;
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .with_context(|| format!("binding {}", config.addr))?;
+        let addr = listener.local_addr().context("reading the bound address")?;
+
+        if !config.site_root.join("pkg").is_dir() {
+            tracing::warn!(
+                site_root = %config.site_root.display(),
+                "web assets not found: the page will render but not hydrate; \
+                 build them with `cargo leptos build --release` or set CAIRN_SITE_ROOT"
+            );
+        }
+        let leptos_options = LeptosOptions::builder()
+            .output_name(BUNDLE_NAME)
+            .site_root(config.site_root.to_string_lossy().as_ref())
+            .site_pkg_dir("pkg")
+            .site_addr(addr)
+            .build();
+
+        let instance: Arc<str> = format!(
+            "{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        )
+        .into();
+        let state = AppState {
+            leptos_options,
+            store,
+            instance,
+            config: Arc::new(config),
+        };
+        Ok(Self {
+            listener,
+            addr,
+            state,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` is cancelled, then lets in-flight requests finish.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(
+            addr = %self.addr,
+            store = self.state.store.kind(),
+            instance = %self.state.instance,
+            "cairn is listening on http://{}",
+            self.addr
+        );
+        let router = http::router(self.state);
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .context("serving HTTP")?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,70 @@
+use sqlx::{Connection, SqliteConnection};
+
+use crate::helpers::spawn_app;
+
+#[tokio::test]
+async fn health_reports_ok_with_the_sqlite_store_version_and_instance() {
+    let app = spawn_app().await;
+    let resp = app.get("/api/health").await;
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["store"], "sqlite");
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+    assert!(
+        body["instance"].as_str().is_some_and(|s| !s.is_empty()),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn two_servers_report_different_instance_ids() {
+    let (a, b) = (spawn_app().await, spawn_app().await);
+    let ia: serde_json::Value = a.get("/api/health").await.json().await.unwrap();
+    let ib: serde_json::Value = b.get("/api/health").await.json().await.unwrap();
+    assert_ne!(ia["instance"], ib["instance"]);
+}
+
+#[tokio::test]
+async fn starting_creates_and_migrates_the_database_file() {
+    let app = spawn_app().await;
+    assert!(app.db_path.exists());
+    let mut conn = SqliteConnection::connect(&format!("sqlite://{}", app.db_path.display()))
+        .await
+        .unwrap();
+    let tables: Vec<(String,)> =
+        sqlx::query_as("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    let names: Vec<_> = tables.into_iter().map(|(n,)| n).collect();
+    for t in ["events", "idempotency_keys", "leases", "steps", "workflows"] {
+        assert!(
+            names.iter().any(|n| n == t),
+            "missing table {t} in {names:?}"
+        );
+    }
+    let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[tokio::test]
+async fn an_unknown_api_route_is_a_json_404() {
+    let app = spawn_app().await;
+    let resp = app.get("/api/workflowz").await;
+    assert_eq!(resp.status(), 404);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found");
+}
+
+#[tokio::test]
+async fn a_graceful_stop_returns_cleanly_and_frees_the_port() {
+    let app = spawn_app().await;
+    let address = app.address.clone();
+    app.stop().await.expect("clean stop");
+    let err = reqwest::get(format!("{address}/api/health")).await;
+    assert!(err.is_err(), "server still answering after stop");
+}
