@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Tests everything: formatting, lints, unit and integration tests (real server, real SQLite
+# files), then the Playwright suite in Chromium against the release build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+source scripts/env.sh
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+say "cargo fmt --check"
+cargo fmt --all --check
+say "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+say "clippy on the browser half (wasm32, hydrate)"
+cargo clippy -p app --features hydrate --target wasm32-unknown-unknown --locked -- -D warnings
+say "cargo test"
+cargo test --workspace --locked
+say "release build"
+cargo leptos build --release
+say "end-to-end tests (Playwright, Chromium)"
+(cd end2end && npx playwright test)
