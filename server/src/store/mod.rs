@@ -3,25 +3,54 @@
 //! The default is an embedded SQLite file in WAL mode with `synchronous=FULL`: a commit is on
 //! disk before it is acknowledged. The URL chooses the backend; the schema comes from the
 //! append-only files in `migrations/`, applied at start-up.
+//!
+//! Everything that changes a workflow goes through [`Store::commit`]: one transaction appends
+//! the events and updates the projections (the checkpoint), under the lease of whoever makes
+//! the change; concurrent commits share a transaction (group commit). Committed events are
+//! published on [`Store::subscribe`] for live streams.
 
 mod sqlite;
+mod sqlite_ops;
+mod types;
+mod writer;
+
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use cairn::{EventRecord, WorkflowState};
+use chrono::{DateTime, Utc};
+use tokio::sync::broadcast;
 
 pub use sqlite::SqliteStore;
+pub use types::{Change, Claimed, Fence, ListQuery, Outcome, Rejection, Stamped, WorkflowSummary};
 
-use anyhow::bail;
+/// How many committed events a live subscriber may lag behind before it must catch up from
+/// the database.
+const BROADCAST_CAPACITY: usize = 4096;
 
 /// An open, migrated database.
 #[derive(Clone, Debug)]
-pub enum Store {
-    /// An embedded SQLite file owned by this process.
-    Sqlite(SqliteStore),
+pub struct Store {
+    backend: Backend,
+    events: broadcast::Sender<Arc<EventRecord>>,
+}
+
+#[derive(Clone, Debug)]
+enum Backend {
+    Sqlite(SqliteStore, writer::Writer),
 }
 
 impl Store {
     /// Opens (creating if needed) and migrates the database named by `url`.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
         if url.starts_with("sqlite:") {
-            return Ok(Self::Sqlite(SqliteStore::connect(url).await?));
+            let sqlite = SqliteStore::connect(url).await?;
+            let writer = writer::Writer::start(sqlite.write_pool().clone(), events.clone());
+            return Ok(Self {
+                backend: Backend::Sqlite(sqlite, writer),
+                events,
+            });
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             bail!(
@@ -34,15 +63,111 @@ impl Store {
 
     /// The backend's name, as `/api/health` reports it.
     pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Sqlite(_) => "sqlite",
+        match &self.backend {
+            Backend::Sqlite(..) => "sqlite",
         }
     }
 
     /// Checks that the database answers.
     pub async fn ping(&self) -> anyhow::Result<()> {
-        match self {
-            Self::Sqlite(s) => s.ping().await,
+        match &self.backend {
+            Backend::Sqlite(s, _) => s.ping().await,
+        }
+    }
+
+    /// Commits changes durably (see the module docs); one outcome per change, in order.
+    pub async fn commit(&self, changes: Vec<Change>) -> anyhow::Result<Vec<Outcome>> {
+        match &self.backend {
+            Backend::Sqlite(_, w) => w.commit(changes).await,
+        }
+    }
+
+    /// Live committed events. A receiver that lags gets `Lagged` and should re-read the log.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<EventRecord>> {
+        self.events.subscribe()
+    }
+
+    /// Durations of recent commits in milliseconds (for benchmarks).
+    pub fn commit_latencies_ms(&self) -> Vec<f64> {
+        match &self.backend {
+            Backend::Sqlite(_, w) => w.commit_latencies_ms(),
+        }
+    }
+
+    /// A workflow's committed state.
+    pub async fn load(&self, id: &str) -> anyhow::Result<Option<WorkflowState>> {
+        match &self.backend {
+            Backend::Sqlite(s, _) => {
+                let mut conn = s.pool().acquire().await.context("acquiring a connection")?;
+                sqlite_ops::load_state(&mut conn, id).await
+            }
+        }
+    }
+
+    /// Workflow summaries, newest first.
+    pub async fn list(&self, q: &ListQuery) -> anyhow::Result<Vec<WorkflowSummary>> {
+        match &self.backend {
+            Backend::Sqlite(s, _) => {
+                let mut conn = s.pool().acquire().await.context("acquiring a connection")?;
+                sqlite_ops::list(&mut conn, q).await
+            }
+        }
+    }
+
+    /// A workflow's events after `after` (0 = all), in order.
+    pub async fn history(&self, id: &str, after: i64) -> anyhow::Result<Vec<EventRecord>> {
+        match &self.backend {
+            Backend::Sqlite(s, _) => {
+                let mut conn = s.pool().acquire().await.context("acquiring a connection")?;
+                sqlite_ops::history(&mut conn, id, after).await
+            }
+        }
+    }
+
+    /// Takes leases on workflows with work and no live owner (see [`Claimed`]).
+    pub async fn claim(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        ttl: chrono::Duration,
+        limit: u32,
+        steal: bool,
+    ) -> anyhow::Result<Vec<Claimed>> {
+        match &self.backend {
+            Backend::Sqlite(s, _) => {
+                let mut tx = s.write_pool().begin().await.context("beginning a claim")?;
+                let claimed = sqlite_ops::claim(&mut tx, owner, now, ttl, limit, steal).await?;
+                tx.commit().await.context("committing a claim")?;
+                Ok(claimed)
+            }
+        }
+    }
+
+    /// Extends `owner`'s leases to `expires`; returns the workflows it still holds.
+    pub async fn renew(&self, owner: &str, expires: DateTime<Utc>) -> anyhow::Result<Vec<String>> {
+        match &self.backend {
+            Backend::Sqlite(s, _) => {
+                let mut conn = s
+                    .write_pool()
+                    .acquire()
+                    .await
+                    .context("acquiring the writer")?;
+                sqlite_ops::renew(&mut conn, owner, expires).await
+            }
+        }
+    }
+
+    /// Gives up `owner`'s lease on a workflow.
+    pub async fn release(&self, owner: &str, workflow_id: &str) -> anyhow::Result<()> {
+        match &self.backend {
+            Backend::Sqlite(s, _) => {
+                let mut conn = s
+                    .write_pool()
+                    .acquire()
+                    .await
+                    .context("acquiring the writer")?;
+                sqlite_ops::release(&mut conn, owner, workflow_id).await
+            }
         }
     }
 }

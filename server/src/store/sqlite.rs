@@ -1,4 +1,9 @@
-//! SQLite: one file, one owning process, WAL for concurrent readers.
+//! SQLite: one file, one owning process, WAL so readers never wait for the writer.
+//!
+//! Two pools over the same file: readers share several connections, and every write (the
+//! checkpoint commits, lease claims and renewals) goes through a pool of exactly one
+//! connection. One writer connection means no two transactions ever race to upgrade a read
+//! lock to a write lock, which SQLite answers with an immediate `SQLITE_BUSY`.
 
 use std::{str::FromStr, time::Duration};
 
@@ -15,6 +20,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite"
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    write_pool: SqlitePool,
 }
 
 impl SqliteStore {
@@ -29,16 +35,24 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
+        let write_pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options.clone())
+            .await
+            .with_context(|| format!("opening the SQLite database {url}"))?;
+        MIGRATOR
+            .run(&write_pool)
+            .await
+            .context("migrating the SQLite database")?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(options)
             .await
             .with_context(|| format!("opening the SQLite database {url}"))?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .context("migrating the SQLite database")?;
-        Ok(Self { pool })
+        Ok(Self { pool, write_pool })
     }
 
     /// Checks that the database answers a trivial query.
@@ -50,8 +64,13 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// The connection pool, for the engine's queries.
+    /// The readers' pool.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// The single-connection pool every write goes through.
+    pub fn write_pool(&self) -> &SqlitePool {
+        &self.write_pool
     }
 }

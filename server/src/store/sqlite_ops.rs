@@ -1,0 +1,365 @@
+//! The SQLite queries behind [`super::Store`]: the checkpoint transaction, reads, leases.
+//!
+//! Timestamps are stored as RFC 3339 text with a fixed number of digits, so that comparing
+//! strings compares instants.
+
+use std::collections::BTreeSet;
+
+use anyhow::Context;
+use cairn::{Event, EventRecord, WorkflowState};
+use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::{Row, SqliteConnection};
+
+use super::types::{Change, Claimed, Fence, ListQuery, Outcome, Rejection, WorkflowSummary};
+
+/// The text form of an instant in the database.
+pub(super) fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn parse_ts(s: &str) -> anyhow::Result<DateTime<Utc>> {
+    Ok(DateTime::parse_from_rfc3339(s)
+        .with_context(|| format!("bad timestamp {s:?} in the database"))?
+        .with_timezone(&Utc))
+}
+
+/// Applies one change inside the caller's transaction. Everything is checked before anything
+/// is written, so a rejected change leaves no trace and the rest of the batch goes on.
+pub(super) async fn apply_change(
+    conn: &mut SqliteConnection,
+    change: Change,
+) -> anyhow::Result<Outcome> {
+    let Change {
+        workflow_id,
+        fence,
+        events,
+        idempotency,
+    } = change;
+
+    if let Some((key, hash)) = &idempotency {
+        let seen: Option<(String, String)> =
+            sqlx::query_as("SELECT request_hash, workflow_id FROM idempotency_keys WHERE key = ?")
+                .bind(key)
+                .fetch_optional(&mut *conn)
+                .await
+                .context("looking up an idempotency key")?;
+        if let Some((seen_hash, seen_id)) = seen {
+            let same = seen_hash == *hash;
+            return Ok(Outcome::Rejected(Rejection::IdempotentReplay(
+                same.then_some(seen_id),
+            )));
+        }
+    }
+
+    if let Some(fence) = &fence
+        && !holds_lease(conn, &workflow_id, fence).await?
+    {
+        return Ok(Outcome::Rejected(Rejection::LeaseLost));
+    }
+
+    let creating = matches!(
+        events.first().map(|s| &s.event),
+        Some(Event::WorkflowCreated { .. })
+    );
+    let existing = load_state(conn, &workflow_id).await?;
+    let mut state = match (creating, existing) {
+        (true, None) => WorkflowState::new(workflow_id.clone()),
+        (true, Some(_)) => return Ok(Outcome::Rejected(Rejection::Duplicate)),
+        (false, Some(s)) => s,
+        (false, None) => return Ok(Outcome::Rejected(Rejection::UnknownWorkflow)),
+    };
+
+    // Dry run on a copy: the fold is the judge of whether these events fit.
+    let mut probe = state.clone();
+    for (i, s) in events.iter().enumerate() {
+        let rec = EventRecord {
+            id: state.last_event_id + 1 + i as i64,
+            workflow_id: workflow_id.clone(),
+            at: s.at,
+            event: s.event.clone(),
+        };
+        if let Err(e) = probe.apply(&rec) {
+            return Ok(Outcome::Rejected(Rejection::DoesNotApply(e)));
+        }
+    }
+
+    let mut records = Vec::with_capacity(events.len());
+    let mut touched = BTreeSet::new();
+    for s in events {
+        if let Some(step) = s.event.step_id() {
+            touched.insert(step.to_string());
+        }
+        let data = serde_json::to_string(&s.event).context("encoding an event")?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO events (workflow_id, type, at, data) VALUES (?, ?, ?, ?) RETURNING id",
+        )
+        .bind(&workflow_id)
+        .bind(s.event.type_name())
+        .bind(ts(s.at))
+        .bind(&data)
+        .fetch_one(&mut *conn)
+        .await
+        .context("appending an event")?;
+        let rec = EventRecord {
+            id,
+            workflow_id: workflow_id.clone(),
+            at: s.at,
+            event: s.event,
+        };
+        state
+            .apply(&rec)
+            .context("an event that passed the dry run did not apply")?;
+        records.push(rec);
+    }
+
+    write_projection(conn, &state, creating, &touched).await?;
+
+    if let Some((key, hash)) = idempotency {
+        sqlx::query(
+            "INSERT INTO idempotency_keys (key, request_hash, workflow_id, created_at) \
+             VALUES (?, ?, ?, ?)",
+        )
+        .bind(key)
+        .bind(hash)
+        .bind(&workflow_id)
+        .bind(ts(state.updated_at.unwrap_or_else(Utc::now)))
+        .execute(&mut *conn)
+        .await
+        .context("recording an idempotency key")?;
+    }
+    if state.status.is_terminal() {
+        // Nothing left to run: no engine needs to hold it.
+        sqlx::query("DELETE FROM leases WHERE workflow_id = ?")
+            .bind(&workflow_id)
+            .execute(&mut *conn)
+            .await
+            .context("releasing a finished workflow's lease")?;
+    }
+
+    Ok(Outcome::Committed {
+        records,
+        state: Box::new(state),
+    })
+}
+
+async fn holds_lease(
+    conn: &mut SqliteConnection,
+    workflow_id: &str,
+    fence: &Fence,
+) -> anyhow::Result<bool> {
+    let row: Option<(String, i64)> =
+        sqlx::query_as("SELECT owner, epoch FROM leases WHERE workflow_id = ?")
+            .bind(workflow_id)
+            .fetch_optional(&mut *conn)
+            .await
+            .context("checking a lease")?;
+    Ok(row.is_some_and(|(owner, epoch)| *owner == *fence.owner && epoch == fence.epoch))
+}
+
+async fn write_projection(
+    conn: &mut SqliteConnection,
+    state: &WorkflowState,
+    creating: bool,
+    touched: &BTreeSet<String>,
+) -> anyhow::Result<()> {
+    let json = serde_json::to_string(state).context("encoding a workflow state")?;
+    let now = state.updated_at.map(ts).unwrap_or_default();
+    let created = state.created_at.map(ts).unwrap_or_else(|| now.clone());
+    sqlx::query(
+        "INSERT INTO workflows (id, name, status, state, created_at, updated_at, last_event_id, next_wake_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (id) DO UPDATE SET status = excluded.status, state = excluded.state, \
+           updated_at = excluded.updated_at, last_event_id = excluded.last_event_id, \
+           next_wake_at = excluded.next_wake_at",
+    )
+    .bind(&state.id)
+    .bind(&state.name)
+    .bind(state.status.as_str())
+    .bind(json)
+    .bind(created)
+    .bind(&now)
+    .bind(state.last_event_id)
+    .bind(state.next_wake().map(ts))
+    .execute(&mut *conn)
+    .await
+    .context("updating the workflow projection")?;
+
+    // A manual retry resets descendants too, so on anything but a plain step event all
+    // steps are rewritten; otherwise only the ones the events named.
+    for step in &state.steps {
+        if !creating && !touched.is_empty() && !touched.contains(&step.id) {
+            continue;
+        }
+        sqlx::query(
+            "INSERT INTO steps (workflow_id, step_id, status, attempt, session_id, next_attempt_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (workflow_id, step_id) DO UPDATE SET status = excluded.status, \
+               attempt = excluded.attempt, session_id = excluded.session_id, \
+               next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at",
+        )
+        .bind(&state.id)
+        .bind(&step.id)
+        .bind(step.status.as_str())
+        .bind(step.attempt as i64)
+        .bind(&step.session_id)
+        .bind(step.next_attempt_at.map(ts))
+        .bind(&now)
+        .execute(&mut *conn)
+        .await
+        .context("updating a step projection")?;
+    }
+    Ok(())
+}
+
+/// The committed state of a workflow.
+pub(super) async fn load_state(
+    conn: &mut SqliteConnection,
+    id: &str,
+) -> anyhow::Result<Option<WorkflowState>> {
+    let json: Option<String> = sqlx::query_scalar("SELECT state FROM workflows WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("loading a workflow")?;
+    json.map(|j| serde_json::from_str(&j).context("decoding a stored workflow state"))
+        .transpose()
+}
+
+/// Workflows, newest first.
+pub(super) async fn list(
+    conn: &mut SqliteConnection,
+    q: &ListQuery,
+) -> anyhow::Result<Vec<WorkflowSummary>> {
+    let rows = sqlx::query(
+        "SELECT state FROM workflows \
+         WHERE (?1 IS NULL OR status = ?1) \
+           AND (?2 IS NULL OR (created_at, id) < (SELECT created_at, id FROM workflows WHERE id = ?2)) \
+         ORDER BY created_at DESC, id DESC LIMIT ?3",
+    )
+    .bind(q.status.map(|s| s.as_str()))
+    .bind(q.before.as_deref())
+    .bind(q.limit as i64)
+    .fetch_all(&mut *conn)
+    .await
+    .context("listing workflows")?;
+    rows.iter()
+        .map(|r| {
+            let s: WorkflowState = serde_json::from_str(r.get::<&str, _>(0))
+                .context("decoding a stored workflow state")?;
+            Ok(WorkflowSummary::of(&s))
+        })
+        .collect()
+}
+
+fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<EventRecord> {
+    Ok(EventRecord {
+        id: row.get("id"),
+        workflow_id: row.get("workflow_id"),
+        at: parse_ts(row.get("at"))?,
+        event: serde_json::from_str(row.get("data")).context("decoding a stored event")?,
+    })
+}
+
+/// A workflow's events after `after`, in order.
+pub(super) async fn history(
+    conn: &mut SqliteConnection,
+    workflow_id: &str,
+    after: i64,
+) -> anyhow::Result<Vec<EventRecord>> {
+    let rows = sqlx::query(
+        "SELECT id, workflow_id, at, data FROM events WHERE workflow_id = ? AND id > ? ORDER BY id",
+    )
+    .bind(workflow_id)
+    .bind(after)
+    .fetch_all(&mut *conn)
+    .await
+    .context("reading a workflow's events")?;
+    rows.iter().map(record_from_row).collect()
+}
+
+/// Takes leases on up to `limit` workflows that have work and no live owner. With `steal`, a
+/// lease held by another owner is taken even before it expires (SQLite: this process owns the
+/// file, so any other owner is a dead predecessor).
+pub(super) async fn claim(
+    conn: &mut SqliteConnection,
+    owner: &str,
+    now: DateTime<Utc>,
+    ttl: chrono::Duration,
+    limit: u32,
+    steal: bool,
+) -> anyhow::Result<Vec<Claimed>> {
+    let rows = sqlx::query(
+        "SELECT w.id, w.state, l.owner AS lease_owner, l.epoch AS lease_epoch \
+         FROM workflows w LEFT JOIN leases l ON l.workflow_id = w.id \
+         WHERE w.status IN ('pending', 'running', 'stalled') \
+           AND (l.workflow_id IS NULL OR (l.owner <> ?1 AND (l.expires_at < ?2 OR ?3))) \
+         ORDER BY w.created_at LIMIT ?4",
+    )
+    .bind(owner)
+    .bind(ts(now))
+    .bind(steal)
+    .bind(limit as i64)
+    .fetch_all(&mut *conn)
+    .await
+    .context("finding workflows to claim")?;
+
+    let expires = ts(now + ttl);
+    let mut claimed = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id: String = row.get("id");
+        let previous_owner: Option<String> = row.get("lease_owner");
+        let epoch = row.get::<Option<i64>, _>("lease_epoch").unwrap_or(0) + 1;
+        let state: WorkflowState = serde_json::from_str(row.get::<&str, _>("state"))
+            .context("decoding a stored workflow state")?;
+        sqlx::query(
+            "INSERT INTO leases (workflow_id, owner, epoch, expires_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (workflow_id) DO UPDATE SET owner = excluded.owner, \
+               epoch = excluded.epoch, expires_at = excluded.expires_at",
+        )
+        .bind(&id)
+        .bind(owner)
+        .bind(epoch)
+        .bind(&expires)
+        .execute(&mut *conn)
+        .await
+        .context("taking a lease")?;
+        claimed.push(Claimed {
+            state,
+            fence: Fence {
+                owner: owner.into(),
+                epoch,
+            },
+            previous_owner,
+        });
+    }
+    Ok(claimed)
+}
+
+/// Extends every lease `owner` holds; returns the workflow ids it still holds.
+pub(super) async fn renew(
+    conn: &mut SqliteConnection,
+    owner: &str,
+    expires: DateTime<Utc>,
+) -> anyhow::Result<Vec<String>> {
+    sqlx::query_scalar("UPDATE leases SET expires_at = ? WHERE owner = ? RETURNING workflow_id")
+        .bind(ts(expires))
+        .bind(owner)
+        .fetch_all(&mut *conn)
+        .await
+        .context("renewing leases")
+}
+
+/// Gives up a workflow (e.g. paused: nothing to run until a person decides).
+pub(super) async fn release(
+    conn: &mut SqliteConnection,
+    owner: &str,
+    workflow_id: &str,
+) -> anyhow::Result<()> {
+    sqlx::query("DELETE FROM leases WHERE workflow_id = ? AND owner = ?")
+        .bind(workflow_id)
+        .bind(owner)
+        .execute(&mut *conn)
+        .await
+        .context("releasing a lease")?;
+    Ok(())
+}

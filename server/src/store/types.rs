@@ -1,0 +1,140 @@
+//! What the engine and the HTTP layer exchange with the store, whatever the backend.
+
+use std::sync::Arc;
+
+use cairn::{ApplyError, Event, EventRecord, Progress, WorkflowState, WorkflowStatus};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// The lease under which a change is made: it is committed only if `owner` still holds the
+/// workflow at `epoch`. A change from an engine that lost the workflow is discarded, so a
+/// step result can never be committed twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The engine instance that holds the lease.
+    pub owner: Arc<str>,
+    /// The lease's epoch, incremented at every takeover.
+    pub epoch: i64,
+}
+
+/// An event and the time it happened.
+#[derive(Debug, Clone)]
+pub struct Stamped {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// What.
+    pub event: Event,
+}
+
+/// One workflow's events to commit together.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// The workflow.
+    pub workflow_id: String,
+    /// The lease that must still hold; `None` for a new workflow and for manual controls.
+    pub fence: Option<Fence>,
+    /// Events in order.
+    pub events: Vec<Stamped>,
+    /// For a new workflow: the `Idempotency-Key` and a hash of the request it came with.
+    pub idempotency: Option<(String, String)>,
+}
+
+/// What became of a [`Change`].
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Durable: the events with their log ids, and the state they folded into.
+    Committed {
+        /// The events as stored.
+        records: Vec<EventRecord>,
+        /// The workflow after them.
+        state: Box<WorkflowState>,
+    },
+    /// Not written; nothing of this change is in the database.
+    Rejected(Rejection),
+}
+
+/// Why a change was not written.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Rejection {
+    /// The writer no longer holds the workflow's lease.
+    #[error("the lease on this workflow is held by another engine")]
+    LeaseLost,
+    /// No such workflow.
+    #[error("no such workflow")]
+    UnknownWorkflow,
+    /// A new workflow's id exists already.
+    #[error("a workflow with this id exists")]
+    Duplicate,
+    /// The idempotency key was used before: with the same request (the workflow it made), or
+    /// with a different one (`None`).
+    #[error("idempotency key already used")]
+    IdempotentReplay(Option<String>),
+    /// An event does not fit the workflow's current state.
+    #[error(transparent)]
+    DoesNotApply(#[from] ApplyError),
+}
+
+/// A row of the workflow list.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkflowSummary {
+    /// Workflow id.
+    pub id: String,
+    /// Spec name.
+    pub name: String,
+    /// Current status.
+    pub status: WorkflowStatus,
+    /// Done / total and friends.
+    pub progress: Progress,
+    /// Steps running or waiting for a retry.
+    pub current_steps: Vec<String>,
+    /// The earliest pending retry, if a step is backing off.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The workflow's error, when it failed.
+    pub error: Option<String>,
+    /// Creation time.
+    pub created_at: Option<DateTime<Utc>>,
+    /// Last change.
+    pub updated_at: Option<DateTime<Utc>>,
+    /// The last event folded into it.
+    pub last_event_id: i64,
+}
+
+impl WorkflowSummary {
+    /// The summary of a state.
+    pub fn of(state: &WorkflowState) -> Self {
+        Self {
+            id: state.id.clone(),
+            name: state.name.clone(),
+            status: state.status,
+            progress: state.progress(),
+            current_steps: state.current_steps().iter().map(|s| s.id.clone()).collect(),
+            next_attempt_at: state.next_wake(),
+            error: state.error.clone(),
+            created_at: state.created_at,
+            updated_at: state.updated_at,
+            last_event_id: state.last_event_id,
+        }
+    }
+}
+
+/// Filters of the workflow list.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// Only this status.
+    pub status: Option<WorkflowStatus>,
+    /// At most this many (the caller bounds it).
+    pub limit: u32,
+    /// Only workflows created before this one (pagination cursor: the last id of a page).
+    pub before: Option<String>,
+}
+
+/// A workflow this engine has just taken a lease on.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// Its state as committed.
+    pub state: WorkflowState,
+    /// The lease.
+    pub fence: Fence,
+    /// Who held it before, if anyone: a takeover from a dead or stuck engine.
+    pub previous_owner: Option<String>,
+}

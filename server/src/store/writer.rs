@@ -1,0 +1,131 @@
+//! Group commit: one task owns the write path and folds every change that arrives while a
+//! commit is in flight into the next transaction.
+//!
+//! SQLite has one writer at a time and each commit costs an fsync, so N callers each doing
+//! their own transaction would queue on the fsync; here they share it. Nobody is answered
+//! before the transaction that holds their change has committed.
+//!
+//! The task lives as long as any [`Writer`] handle: when the store is dropped the channel
+//! closes and the loop ends.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use anyhow::Context;
+use cairn::EventRecord;
+use sqlx::SqlitePool;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::{
+    sqlite_ops,
+    types::{Change, Outcome},
+};
+
+/// Requests merged into one transaction at most.
+const MAX_GROUP: usize = 256;
+/// Commit durations kept for `commit_p50/p95` (a ring of the latest).
+const LATENCY_SAMPLES: usize = 100_000;
+
+struct Batch {
+    changes: Vec<Change>,
+    reply: oneshot::Sender<anyhow::Result<Vec<Outcome>>>,
+}
+
+/// The handle callers commit through.
+#[derive(Clone, Debug)]
+pub struct Writer {
+    tx: mpsc::Sender<Batch>,
+    latencies: Arc<Mutex<Vec<f64>>>,
+}
+
+impl Writer {
+    /// Starts the writer task on `pool`; committed events are published on `events`.
+    pub fn start(pool: SqlitePool, events: broadcast::Sender<Arc<EventRecord>>) -> Self {
+        let (tx, rx) = mpsc::channel(1024);
+        let latencies = Arc::new(Mutex::new(Vec::new()));
+        tokio::spawn(run(pool, rx, events, latencies.clone()));
+        Self { tx, latencies }
+    }
+
+    /// Commits `changes` (in one transaction, possibly with other callers' changes) and
+    /// answers once it is durable.
+    pub async fn commit(&self, changes: Vec<Change>) -> anyhow::Result<Vec<Outcome>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Batch { changes, reply })
+            .await
+            .map_err(|_| anyhow::anyhow!("the store's writer has stopped"))?;
+        rx.await
+            .map_err(|_| anyhow::anyhow!("the store's writer dropped a commit"))?
+    }
+
+    /// Durations of recent commits, in milliseconds.
+    pub fn commit_latencies_ms(&self) -> Vec<f64> {
+        self.latencies.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+async fn run(
+    pool: SqlitePool,
+    mut rx: mpsc::Receiver<Batch>,
+    events: broadcast::Sender<Arc<EventRecord>>,
+    latencies: Arc<Mutex<Vec<f64>>>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(b) => group.push(b),
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        let result = commit_group(&pool, &mut group).await;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        if let Ok(mut l) = latencies.lock() {
+            if l.len() >= LATENCY_SAMPLES {
+                l.clear();
+            }
+            l.push(ms);
+        }
+        match result {
+            Ok(outcomes) => {
+                for (batch, outcome) in group.into_iter().zip(outcomes) {
+                    for o in &outcome {
+                        if let Outcome::Committed { records, .. } = o {
+                            for r in records {
+                                // No subscriber is fine; a lagging one catches up from the log.
+                                let _ = events.send(Arc::new(r.clone()));
+                            }
+                        }
+                    }
+                    let _ = batch.reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "checkpoint failed");
+                for batch in group {
+                    let _ = batch
+                        .reply
+                        .send(Err(anyhow::anyhow!("checkpoint failed: {e:#}")));
+                }
+            }
+        }
+    }
+}
+
+async fn commit_group(pool: &SqlitePool, group: &mut [Batch]) -> anyhow::Result<Vec<Vec<Outcome>>> {
+    let mut tx = pool.begin().await.context("beginning a checkpoint")?;
+    let mut all = Vec::with_capacity(group.len());
+    for batch in group.iter_mut() {
+        let mut outcomes = Vec::with_capacity(batch.changes.len());
+        for change in std::mem::take(&mut batch.changes) {
+            outcomes.push(sqlite_ops::apply_change(&mut tx, change).await?);
+        }
+        all.push(outcomes);
+    }
+    tx.commit().await.context("committing a checkpoint")?;
+    Ok(all)
+}
