@@ -15,6 +15,8 @@ use anyhow::{Context, bail};
 use cairn::{RetryOverrides, RetryPolicy};
 use serde::Deserialize;
 
+use crate::engine::EngineSettings;
+
 /// The configuration a fresh checkout uses when no `cairn.toml` is found: the file shipped at
 /// the repository root, compiled in so a lone binary still has its seed roles.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../cairn.toml");
@@ -86,6 +88,8 @@ pub struct EngineConfig {
     pub retry: RetryPolicy,
     /// The step timeout when a spec sets none.
     pub default_timeout_s: u64,
+    /// Concurrency and lease timing.
+    pub settings: EngineSettings,
 }
 
 impl EngineConfig {
@@ -109,10 +113,27 @@ impl EngineConfig {
         if raw.defaults.timeout_s == 0 {
             bail!("defaults.timeout_s must be at least 1");
         }
+        let e = raw.engine;
+        if e.max_concurrency == 0 {
+            bail!("engine.max_concurrency must be at least 1");
+        }
+        if e.lease_ttl_ms < 300 {
+            bail!("engine.lease_ttl_ms must be at least 300");
+        }
+        if e.poll_interval_ms == 0 {
+            bail!("engine.poll_interval_ms must be at least 1");
+        }
+        let settings = EngineSettings {
+            max_concurrency: e.max_concurrency,
+            lease_ttl: std::time::Duration::from_millis(e.lease_ttl_ms),
+            poll_interval: std::time::Duration::from_millis(e.poll_interval_ms),
+            ..EngineSettings::default()
+        };
         Ok(Self {
             roles: raw.roles,
             retry,
             default_timeout_s: raw.defaults.timeout_s,
+            settings,
         })
     }
 
@@ -150,9 +171,30 @@ fn check_role(name: &str, runner: &RunnerConfig) -> anyhow::Result<()> {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
+    engine: RawEngine,
+    #[serde(default)]
     defaults: RawDefaults,
     #[serde(default)]
     roles: BTreeMap<String, RunnerConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawEngine {
+    max_concurrency: usize,
+    lease_ttl_ms: u64,
+    poll_interval_ms: u64,
+}
+
+impl Default for RawEngine {
+    fn default() -> Self {
+        let d = EngineSettings::default();
+        Self {
+            max_concurrency: d.max_concurrency,
+            lease_ttl_ms: d.lease_ttl.as_millis() as u64,
+            poll_interval_ms: d.poll_interval.as_millis() as u64,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

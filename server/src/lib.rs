@@ -3,13 +3,15 @@
 //! # Layout
 //! - [`cli`]: the `cairn` command line (`serve`, ...).
 //! - [`config`]: typed configuration from flags, environment and `cairn.toml`, loaded once.
-//! - [`store`]: the database (SQLite by default), opened and migrated at start-up.
+//! - [`store`]: the database (SQLite by default): checkpoints, reads, leases.
+//! - [`engine`]: the scheduler, runners, retries, leases and recovery.
 //! - [`http`]: the axum router: REST API, error shape, the Leptos pages and static files.
 //! - [`startup`]: builds an [`startup::Application`] from a config and runs it until shutdown.
 //! - [`telemetry`]: tracing set-up.
 
 pub mod cli;
 pub mod config;
+pub mod engine;
 pub mod http;
 pub mod startup;
 pub mod store;

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::Config,
+    engine::Engine,
     http::{self, AppState},
     store::Store,
 };
@@ -24,6 +25,7 @@ pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
     state: AppState,
+    engine: Engine,
 }
 
 impl Application {
@@ -55,9 +57,16 @@ impl Application {
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         )
         .into();
+        let (engine, engine_handle) = Engine::new(
+            store.clone(),
+            &config.engine,
+            instance.clone(),
+            config.engine.settings.clone(),
+        );
         let state = AppState {
             leptos_options,
             store,
+            engine: engine_handle,
             instance,
             config: Arc::new(config),
         };
@@ -65,6 +74,7 @@ impl Application {
             listener,
             addr,
             state,
+            engine,
         })
     }
 
@@ -73,8 +83,10 @@ impl Application {
         self.addr
     }
 
-    /// Serves until `shutdown` is cancelled, then lets in-flight requests finish.
+    /// Runs the engine and serves HTTP until `shutdown` is cancelled, then lets in-flight
+    /// requests finish and stops the engine (attempts in flight are left to be resumed).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let engine = tokio::spawn(self.engine.run(shutdown.clone()));
         tracing::info!(
             addr = %self.addr,
             store = self.state.store.kind(),
@@ -84,9 +96,12 @@ impl Application {
         );
         let router = http::router(self.state);
         axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await
             .context("serving HTTP")?;
+        // HTTP can also end on its own (an accept error): stop the engine with it.
+        shutdown.cancel();
+        engine.await.context("the engine task panicked")?;
         tracing::info!("stopped");
         Ok(())
     }

@@ -4,6 +4,7 @@
 
 pub mod error;
 mod health;
+pub mod workflows;
 
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use leptos::prelude::LeptosOptions;
 use leptos_axum::{LeptosRoutes, generate_route_list};
 use tower_http::trace::TraceLayer;
 
-use crate::{config::Config, store::Store};
+use crate::{config::Config, engine::EngineHandle, store::Store};
 pub use error::{ApiError, ErrorDetail};
 
 /// What every handler can reach.
@@ -23,6 +24,8 @@ pub struct AppState {
     pub leptos_options: LeptosOptions,
     /// The database.
     pub store: Store,
+    /// The engine's control channel.
+    pub engine: EngineHandle,
     /// This process's id, for health and (later) lease ownership.
     pub instance: Arc<str>,
     /// The configuration the server started with.
@@ -34,6 +37,7 @@ pub fn router(state: AppState) -> Router {
     let routes = generate_route_list(App);
     let api = Router::new()
         .merge(health::router())
+        .merge(workflows::router())
         // Anything else under /api is a JSON 404, not the HTML not-found page.
         .route("/api", any(api_not_found))
         .route("/api/{*rest}", any(api_not_found));
@@ -45,6 +49,9 @@ pub fn router(state: AppState) -> Router {
             move || shell(options.clone())
         })
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
+        // Bodies over the spec limit (plus room for JSON overhead) are refused while reading,
+        // as a 413 the handlers turn into the JSON error shape.
+        .layer(axum::extract::DefaultBodyLimit::max(2 * 1024 * 1024))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -27,7 +27,8 @@ fn cairn_serve_starts_on_a_free_port_and_exits_cleanly_on_sigterm() {
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Some(i) = line.find("listening on http://") {
-                let _ = tx.send(line[i + "listening on ".len()..].trim().to_string());
+                let rest = &line[i + "listening on ".len()..];
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
             }
         }
     });

@@ -31,6 +31,16 @@ impl TestApp {
             .expect("request failed")
     }
 
+    /// `POST {address}{path}` with a JSON body.
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.address))
+            .json(body)
+            .send()
+            .await
+            .expect("request failed")
+    }
+
     /// Stops the server gracefully and returns what `run_until_stopped` returned.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();

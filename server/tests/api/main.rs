@@ -2,6 +2,9 @@
 //! HTTP; and the real `cairn` binary for what only a process shows (signals, exit codes).
 
 mod binary;
+mod crash;
+mod engine;
 mod health;
 mod helpers;
 mod pages;
+mod workflows;

@@ -1,0 +1,286 @@
+//! The engine: runs workflows to the end, checkpointing every transition.
+//!
+//! One loop owns everything that changes: the workflows this instance holds a lease on (their
+//! [`cairn::WorkflowState`], folded from committed events), the attempts in flight and the
+//! lease clock. Each turn of the loop is a [`Engine::tick`]: take over workflows that have no
+//! live owner, turn finished attempts into events, start ready steps, and commit all of it in
+//! one transaction (the group commit). Attempts are launched only after the `step.started`
+//! that announces them is durable, and a result is committed only under the lease epoch it
+//! was started with, so a crash can interrupt an attempt but never lose or repeat a completed
+//! step.
+//!
+//! Manual controls reach the loop as [`Command`]s through an [`EngineHandle`], so they are
+//! serialised with everything else the loop does.
+
+mod control;
+pub mod runner;
+mod tick;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use cairn::{WorkflowState, WorkflowStatus};
+use chrono::Utc;
+use tokio::{
+    sync::{Notify, mpsc, oneshot},
+    task::JoinSet,
+};
+use tokio_util::sync::CancellationToken;
+
+pub use control::{Control, ControlError};
+use runner::{LogLine, LogSink, Runner};
+
+use crate::{
+    config::EngineConfig,
+    store::{Fence, Store},
+};
+
+/// Tuning knobs of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Attempts running at once, across all workflows.
+    pub max_concurrency: usize,
+    /// How long a lease lasts without renewal. Renewed every third of it while the engine
+    /// lives: this is the heartbeat that tells other instances the work is not stuck.
+    pub lease_ttl: Duration,
+    /// How often to look for workflows without a live owner when nothing wakes the engine.
+    pub poll_interval: Duration,
+    /// Take over leases of other owners at start-up without waiting for them to expire
+    /// (right for SQLite, where this process owns the file and any other owner is dead).
+    pub steal_on_start: bool,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            max_concurrency: 64,
+            lease_ttl: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(500),
+            steal_on_start: true,
+        }
+    }
+}
+
+/// A workflow this engine holds.
+#[derive(Debug)]
+struct Owned {
+    state: WorkflowState,
+    fence: Fence,
+    /// Cancel tokens of its attempts in flight, by step.
+    attempts: HashMap<String, CancellationToken>,
+}
+
+/// An attempt that ended, on its way back to the loop.
+#[derive(Debug)]
+struct Finished {
+    workflow_id: String,
+    step_id: String,
+    attempt: u32,
+    epoch: i64,
+    duration_ms: u64,
+    result: Result<runner::RunOutput, runner::RunError>,
+}
+
+/// A request to the loop, with where to send the answer.
+#[derive(Debug)]
+pub struct Command {
+    /// The workflow.
+    pub workflow_id: String,
+    /// What to do.
+    pub control: Control,
+    /// Who asked (recorded in the event).
+    pub by: String,
+    /// The answer: the workflow after the change.
+    pub reply: oneshot::Sender<Result<WorkflowState, ControlError>>,
+}
+
+/// What one tick did, for tests and metrics.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TickOutcome {
+    /// Workflows taken over (or picked up for the first time).
+    pub claimed: usize,
+    /// Attempts launched.
+    pub started: usize,
+    /// Attempt results committed.
+    pub finished: usize,
+    /// Events committed.
+    pub events: usize,
+}
+
+/// The cheap, cloneable side of the engine: wake it, send it controls.
+#[derive(Clone, Debug)]
+pub struct EngineHandle {
+    commands: mpsc::Sender<Command>,
+    wake: Arc<Notify>,
+}
+
+impl EngineHandle {
+    /// Tells the engine there may be new work (a workflow was just created).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Applies a manual control and returns the workflow after it.
+    pub async fn control(
+        &self,
+        workflow_id: &str,
+        control: Control,
+        by: &str,
+    ) -> Result<WorkflowState, ControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command {
+                workflow_id: workflow_id.to_string(),
+                control,
+                by: by.to_string(),
+                reply,
+            })
+            .await
+            .map_err(|_| ControlError::Unavailable)?;
+        rx.await.map_err(|_| ControlError::Unavailable)?
+    }
+}
+
+/// The engine loop's state. Build with [`Engine::new`], drive with [`Engine::run`] or, in
+/// tests, step by step with [`Engine::tick`].
+pub struct Engine {
+    store: Store,
+    runners: Arc<HashMap<String, Runner>>,
+    instance: Arc<str>,
+    settings: EngineSettings,
+    owned: HashMap<String, Owned>,
+    in_flight: JoinSet<Finished>,
+    finished: Vec<Finished>,
+    logs_tx: LogSink,
+    logs_rx: mpsc::Receiver<LogLine>,
+    log_buffer: Vec<LogLine>,
+    commands: mpsc::Receiver<Command>,
+    wake: Arc<Notify>,
+    claim_due: bool,
+    first_claim: bool,
+    last_renewal: tokio::time::Instant,
+    rng: fastrand::Rng,
+}
+
+impl Engine {
+    /// An engine for `instance` over `store`, with runners from the configuration.
+    pub fn new(
+        store: Store,
+        config: &EngineConfig,
+        instance: Arc<str>,
+        settings: EngineSettings,
+    ) -> (Self, EngineHandle) {
+        let runners = config
+            .roles
+            .iter()
+            .map(|(role, rc)| (role.clone(), Runner::from_config(rc)))
+            .collect();
+        let (commands_tx, commands) = mpsc::channel(256);
+        let (logs_tx, logs_rx) = LogSink::channel(4096);
+        let wake = Arc::new(Notify::new());
+        let handle = EngineHandle {
+            commands: commands_tx,
+            wake: wake.clone(),
+        };
+        let engine = Self {
+            store,
+            runners: Arc::new(runners),
+            instance,
+            settings,
+            owned: HashMap::new(),
+            in_flight: JoinSet::new(),
+            finished: Vec::new(),
+            logs_tx,
+            logs_rx,
+            log_buffer: Vec::new(),
+            commands,
+            wake,
+            claim_due: true,
+            first_claim: true,
+            last_renewal: tokio::time::Instant::now(),
+            rng: fastrand::Rng::new(),
+        };
+        (engine, handle)
+    }
+
+    /// Runs until `shutdown`; attempts still in flight are then abandoned (their processes
+    /// killed) and left for the next owner to run again, as after a crash.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            if let Err(e) = self.tick().await {
+                tracing::error!(error = format!("{e:#}"), "engine tick failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                continue;
+            }
+            let deadline = self.next_deadline();
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(done) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
+                    match done {
+                        Ok(f) => self.finished.push(f),
+                        Err(e) => tracing::error!(error = %e, "an attempt task panicked"),
+                    }
+                }
+                Some(cmd) = self.commands.recv() => self.handle_command(cmd).await,
+                Some(line) = self.logs_rx.recv() => self.log_buffer.push(line),
+                _ = self.wake.notified() => self.claim_due = true,
+                _ = tokio::time::sleep_until(deadline) => self.claim_due = true,
+            }
+        }
+        for owned in self.owned.values() {
+            for token in owned.attempts.values() {
+                token.cancel();
+            }
+        }
+        self.in_flight.shutdown().await;
+        tracing::info!("engine stopped");
+    }
+
+    /// When the loop must look again even if nothing happens: the earliest retry, the next
+    /// lease renewal, the next poll.
+    fn next_deadline(&self) -> tokio::time::Instant {
+        let now_tokio = tokio::time::Instant::now();
+        let now = Utc::now();
+        let mut deadline = now_tokio + self.settings.poll_interval;
+        let renew_at = self.last_renewal + self.settings.lease_ttl / 3;
+        deadline = deadline.min(renew_at);
+        for o in self.owned.values() {
+            if o.state.status == WorkflowStatus::Running
+                && let Some(at) = o.state.next_wake()
+            {
+                let wait = (at - now).to_std().unwrap_or(Duration::ZERO);
+                deadline = deadline.min(now_tokio + wait);
+            }
+        }
+        deadline
+    }
+
+    /// Workflows this engine holds now (for tests).
+    pub fn owned_count(&self) -> usize {
+        self.owned.len()
+    }
+
+    /// Attempts in flight (for tests).
+    pub fn in_flight_count(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Waits for the next attempt to finish and queues its result for the next tick; `false`
+    /// when none is in flight. Tests use it with [`Engine::tick`] to drive the engine
+    /// without sleeping.
+    pub async fn wait_for_attempt(&mut self) -> bool {
+        match self.in_flight.join_next().await {
+            Some(Ok(f)) => {
+                self.finished.push(f);
+                true
+            }
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "an attempt task panicked");
+                true
+            }
+            None => false,
+        }
+    }
+}

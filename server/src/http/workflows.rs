@@ -1,0 +1,430 @@
+//! `/api/workflows`: start, list, inspect and control workflows.
+
+use std::collections::HashMap;
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Path, Query, State, rejection::BytesRejection},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use cairn::{Event, ParseOptions, WorkflowState, WorkflowStatus};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::{ApiError, AppState, ErrorDetail};
+use crate::{
+    engine::{Control, ControlError},
+    store::{Change, ListQuery, Outcome, Rejection, Stamped, WorkflowSummary},
+};
+
+/// Longest accepted `Idempotency-Key`.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+/// Largest page of the list.
+const MAX_PAGE: u32 = 200;
+
+/// The workflow routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/workflows", post(start).get(list))
+        .route("/api/workflows/{id}", get(snapshot))
+        .route("/api/workflows/{id}/history", get(history))
+        .route("/api/workflows/{id}/resume", post(resume))
+        .route("/api/workflows/{id}/cancel", post(cancel))
+        .route("/api/workflows/{id}/steps/{step}/retry", post(retry_step))
+        .route(
+            "/api/workflows/{id}/steps/{step}/retry-now",
+            post(retry_now),
+        )
+        .route("/api/workflows/{id}/steps/{step}/skip", post(skip))
+}
+
+/// The answer to a start.
+#[derive(Debug, Serialize)]
+pub struct Started {
+    /// The new workflow's id.
+    pub id: String,
+    /// Its status now.
+    pub status: WorkflowStatus,
+    /// Where to read its state.
+    pub status_url: String,
+    /// Where to follow it live (SSE).
+    pub events_url: String,
+}
+
+impl Started {
+    fn new(id: String, status: WorkflowStatus) -> Self {
+        Self {
+            status_url: format!("/api/workflows/{id}"),
+            events_url: format!("/api/workflows/{id}/events"),
+            id,
+            status,
+        }
+    }
+}
+
+/// A snapshot: the folded state plus derived progress (what `GET /api/workflows/{id}` and
+/// the SSE `snapshot` frame carry).
+#[derive(Debug, Serialize)]
+pub struct Snapshot<'a> {
+    /// The state, as `cairn::WorkflowState` serialises it.
+    #[serde(flatten)]
+    pub state: &'a WorkflowState,
+    /// Done / total / running / failed.
+    pub progress: cairn::Progress,
+}
+
+/// The snapshot JSON of a state.
+pub fn snapshot_json(state: &WorkflowState) -> Value {
+    serde_json::to_value(Snapshot {
+        state,
+        progress: state.progress(),
+    })
+    .unwrap_or(Value::Null)
+}
+
+fn body_error(rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge("the request body is too large".into())
+    } else {
+        ApiError::BadRequest {
+            message: format!("cannot read the request body: {rejection}"),
+            details: vec![],
+        }
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = |m: &str| ApiError::BadRequest {
+        message: format!("Idempotency-Key {m}"),
+        details: vec![ErrorDetail {
+            path: "Idempotency-Key".into(),
+            message: m.into(),
+        }],
+    };
+    let s = v.to_str().map_err(|_| bad("must be printable ASCII"))?;
+    if s.is_empty() || s.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(bad("must be 1 to 255 characters"));
+    }
+    Ok(Some(s.to_string()))
+}
+
+/// Parses a start request's body into a spec: JSON (400 when it is not JSON at all) or YAML,
+/// then the model's validation (422 with every problem and its path).
+fn parse_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<cairn::ValidSpec, ApiError> {
+    let text = std::str::from_utf8(body).map_err(|_| ApiError::BadRequest {
+        message: "the body is not UTF-8 text".into(),
+        details: vec![],
+    })?;
+    let engine = &state.config.engine;
+    let opts = ParseOptions {
+        known_roles: Some(engine.role_names()),
+        base_retry: engine.retry.clone(),
+        default_timeout_s: engine.default_timeout_s,
+        ..ParseOptions::default()
+    };
+    if text.len() > opts.limits.max_spec_bytes {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the spec is larger than {} bytes",
+            opts.limits.max_spec_bytes
+        )));
+    }
+    let yaml = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.contains("yaml"));
+    let result = if yaml {
+        cairn::parse_spec(text, &opts)
+    } else {
+        let value: Value = serde_json::from_str(text).map_err(|e| ApiError::BadRequest {
+            message: format!("the body is not valid JSON: {e}"),
+            details: vec![ErrorDetail {
+                path: String::new(),
+                message: e.to_string(),
+            }],
+        })?;
+        cairn::parse_spec_value(&value, &opts)
+    };
+    result.map_err(|errors| {
+        let n = errors.errors.len();
+        ApiError::InvalidSpec {
+            message: format!("the spec has {n} problem{}", if n == 1 { "" } else { "s" }),
+            details: errors
+                .errors
+                .into_iter()
+                .map(|e| ErrorDetail {
+                    path: e.path,
+                    message: e.message,
+                })
+                .collect(),
+        }
+    })
+}
+
+async fn start(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(body_error)?;
+    let key = idempotency_key(&headers)?;
+    let spec = parse_body(&state, &headers, &body)?;
+    let (id, status, replayed) = create(&state, spec, key, &body).await?;
+    let mut resp = (StatusCode::ACCEPTED, Json(Started::new(id, status))).into_response();
+    if replayed {
+        resp.headers_mut().insert(
+            "idempotent-replayed",
+            "true".parse().expect("static header"),
+        );
+    }
+    Ok(resp)
+}
+
+/// Commits a new workflow and wakes the engine; `(id, status, replayed)`.
+pub async fn create(
+    state: &AppState,
+    spec: cairn::ValidSpec,
+    key: Option<String>,
+    body: &[u8],
+) -> Result<(String, WorkflowStatus, bool), ApiError> {
+    let id = format!("wf_{}", uuid::Uuid::new_v4().simple());
+    let idempotency = key.map(|k| (k, hex(&Sha256::digest(body))));
+    let change = Change {
+        workflow_id: id.clone(),
+        fence: None,
+        events: vec![Stamped {
+            at: Utc::now(),
+            event: Event::WorkflowCreated {
+                spec,
+                by: Some("api".into()),
+            },
+        }],
+        idempotency,
+    };
+    match state.store.commit(vec![change]).await?.pop() {
+        Some(Outcome::Committed { state: wf, .. }) => {
+            state.engine.wake();
+            Ok((id, wf.status, false))
+        }
+        Some(Outcome::Rejected(Rejection::IdempotentReplay(Some(existing)))) => {
+            let status = state
+                .store
+                .load(&existing)
+                .await?
+                .map(|s| s.status)
+                .unwrap_or(WorkflowStatus::Pending);
+            Ok((existing, status, true))
+        }
+        Some(Outcome::Rejected(Rejection::IdempotentReplay(None))) => Err(ApiError::Conflict(
+            "this Idempotency-Key was already used with a different request".into(),
+        )),
+        Some(Outcome::Rejected(other)) => Err(ApiError::Internal(anyhow::anyhow!(
+            "creating a workflow was refused: {other}"
+        ))),
+        None => Err(ApiError::Internal(anyhow::anyhow!(
+            "the store answered no outcome"
+        ))),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Serialize)]
+struct Page {
+    workflows: Vec<WorkflowSummary>,
+    /// Pass as `before` for the next page; absent on the last one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_before: Option<String>,
+}
+
+fn parse_status(s: &str) -> Option<WorkflowStatus> {
+    serde_json::from_value(Value::String(s.to_string())).ok()
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Page>, ApiError> {
+    let mut details = Vec::new();
+    let mut q = ListQuery {
+        limit: 50,
+        ..ListQuery::default()
+    };
+    for (k, v) in &params {
+        match k.as_str() {
+            "status" => match parse_status(v) {
+                Some(s) => q.status = Some(s),
+                None => details.push(ErrorDetail {
+                    path: "status".into(),
+                    message: format!(
+                        "unknown status {v:?}; one of pending, running, paused, completed, failed, cancelled, stalled"
+                    ),
+                }),
+            },
+            "limit" => match v.parse::<u32>() {
+                Ok(n) if (1..=MAX_PAGE).contains(&n) => q.limit = n,
+                _ => details.push(ErrorDetail {
+                    path: "limit".into(),
+                    message: format!("must be a whole number from 1 to {MAX_PAGE}"),
+                }),
+            },
+            "before" => q.before = Some(v.clone()),
+            other => details.push(ErrorDetail {
+                path: other.into(),
+                message: "unknown parameter; use status, limit or before".into(),
+            }),
+        }
+    }
+    if !details.is_empty() {
+        return Err(ApiError::BadRequest {
+            message: "bad query parameters".into(),
+            details,
+        });
+    }
+    let workflows = state.store.list(&q).await?;
+    let next_before = (workflows.len() as u32 == q.limit)
+        .then(|| workflows.last().map(|w| w.id.clone()))
+        .flatten();
+    Ok(Json(Page {
+        workflows,
+        next_before,
+    }))
+}
+
+async fn load(state: &AppState, id: &str) -> Result<WorkflowState, ApiError> {
+    state
+        .store
+        .load(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no workflow {id:?}")))
+}
+
+async fn snapshot(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let wf = load(&state, &id).await?;
+    Ok(Json(snapshot_json(&wf)))
+}
+
+async fn history(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    load(&state, &id).await?;
+    let events = state.store.history(&id, 0).await?;
+    Ok(Json(
+        serde_json::json!({ "workflow_id": id, "events": events }),
+    ))
+}
+
+/// An optional JSON object body of a control; empty means "no options".
+fn control_body<T: for<'de> Deserialize<'de> + Default>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = body.map_err(body_error)?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    let de = &mut serde_json::Deserializer::from_slice(&body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        ApiError::BadRequest {
+            message: format!("bad request body: {}", e.inner()),
+            details: vec![ErrorDetail {
+                path: if path == "." { String::new() } else { path },
+                message: e.inner().to_string(),
+            }],
+        }
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelBody {
+    reason: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SkipBody {
+    output: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoBody {}
+
+async fn run_control(
+    state: &AppState,
+    id: &str,
+    control: Control,
+) -> Result<Json<Value>, ApiError> {
+    match state.engine.control(id, control, "api").await {
+        Ok(wf) => Ok(Json(snapshot_json(&wf))),
+        Err(ControlError::NotFound(m)) => Err(ApiError::NotFound(m)),
+        Err(ControlError::Conflict(m)) => Err(ApiError::Conflict(m)),
+        Err(ControlError::Unavailable) => Err(ApiError::Unavailable(anyhow::anyhow!(
+            "the engine is not running"
+        ))),
+        Err(ControlError::Internal(e)) => Err(ApiError::Internal(e)),
+    }
+}
+
+async fn resume(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let NoBody {} = control_body(body)?;
+    run_control(&state, &id, Control::Resume).await
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let CancelBody { reason } = control_body(body)?;
+    run_control(&state, &id, Control::Cancel { reason }).await
+}
+
+async fn retry_step(
+    State(state): State<AppState>,
+    Path((id, step_id)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let NoBody {} = control_body(body)?;
+    run_control(&state, &id, Control::RetryStep { step_id }).await
+}
+
+async fn retry_now(
+    State(state): State<AppState>,
+    Path((id, step_id)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let NoBody {} = control_body(body)?;
+    run_control(&state, &id, Control::RetryNow { step_id }).await
+}
+
+async fn skip(
+    State(state): State<AppState>,
+    Path((id, step_id)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let SkipBody { output } = control_body(body)?;
+    run_control(&state, &id, Control::Skip { step_id, output }).await
+}
