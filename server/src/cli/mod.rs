@@ -1,5 +1,7 @@
 //! The `cairn` command line.
 
+pub mod bench;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +25,8 @@ pub struct Cli {
 enum Command {
     /// Run the server: API, engine and web monitor.
     Serve(ServeArgs),
+    /// Measure the engine on a workload; prints one JSON line.
+    Bench(bench::BenchArgs),
 }
 
 /// Parses the command line and runs the command; the exit code says how it went.
@@ -30,6 +34,10 @@ pub async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Bench(args) => {
+            telemetry::init("warn");
+            bench::run(args).await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,477 @@
+//! `cairn bench`: measured numbers for the engine, one JSON line per run.
+//!
+//! Each workload runs the real engine against a real SQLite file (fresh, in a temporary
+//! folder, `synchronous=FULL`) in this process, verifies every output, and exits non-zero if
+//! one is wrong. `resume` also runs a real `cairn serve` child and kills it with SIGKILL.
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    process::Stdio,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail, ensure};
+use cairn::{Event, ParseOptions, WorkflowStatus};
+use chrono::Utc;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::{DEFAULT_CONFIG_TOML, EngineConfig},
+    engine::{Engine, EngineSettings},
+    store::{Change, Outcome, Stamped, Store},
+};
+
+/// The workloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// N three-step chains, one after another, no-op steps.
+    Chain,
+    /// N chains at once, every step waits 10 ms.
+    Concurrent,
+    /// One workflow: a start step, W parallel steps, a join.
+    Fanout,
+    /// N chains; the server is killed mid-run and a new one finishes them.
+    Resume,
+}
+
+/// `cairn bench` arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// What to run.
+    #[arg(long, value_enum)]
+    pub workload: Workload,
+    /// The store (only sqlite in this build).
+    #[arg(long, default_value = "sqlite")]
+    pub store: String,
+    /// Workflows (default: 500 for chain/concurrent, 200 for resume).
+    #[arg(long)]
+    pub n: Option<usize>,
+    /// Parallel steps of `fanout`.
+    #[arg(long, default_value_t = 100)]
+    pub width: usize,
+}
+
+/// Runs the benchmark and prints its JSON line.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.workload == Workload::Resume && args.n.is_some_and(|n| n > 200) {
+        bail!("--n for resume is at most 200 (one page of the workflow list)");
+    }
+    if args.store != "sqlite" {
+        bail!("--store {}: this build benchmarks sqlite only", args.store);
+    }
+    let dir = tempfile::tempdir().context("creating a temporary folder")?;
+    let db = dir.path().join("bench.db");
+    let result = match args.workload {
+        Workload::Chain => chain(&db, args.n.unwrap_or(500), false).await?,
+        Workload::Concurrent => chain(&db, args.n.unwrap_or(500), true).await?,
+        Workload::Fanout => fanout(&db, args.width).await?,
+        Workload::Resume => resume(&db, args.n.unwrap_or(200)).await?,
+    };
+    println!("{}", serde_json::to_string(&result)?);
+    Ok(())
+}
+
+struct Harness {
+    store: Store,
+    shutdown: CancellationToken,
+    engine: tokio::task::JoinHandle<()>,
+    handle: crate::engine::EngineHandle,
+}
+
+async fn harness(db: &Path) -> anyhow::Result<Harness> {
+    let store = Store::connect(&format!("sqlite://{}", db.display())).await?;
+    let mut config = EngineConfig::from_toml(DEFAULT_CONFIG_TOML)?;
+    config.settings = EngineSettings {
+        max_concurrency: 1024,
+        ..EngineSettings::default()
+    };
+    let (engine, handle) = Engine::new(
+        store.clone(),
+        &config,
+        "bench".into(),
+        config.settings.clone(),
+    );
+    let shutdown = CancellationToken::new();
+    let engine = tokio::spawn(engine.run(shutdown.clone()));
+    Ok(Harness {
+        store,
+        shutdown,
+        engine,
+        handle,
+    })
+}
+
+impl Harness {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.engine.await;
+    }
+
+    async fn create(&self, spec: &Value) -> anyhow::Result<String> {
+        let spec = cairn::parse_spec_value(spec, &ParseOptions::default())
+            .map_err(|e| anyhow::anyhow!("bench spec invalid: {:?}", e.errors))?;
+        let id = format!("wf_{}", uuid::Uuid::new_v4().simple());
+        let out = self
+            .store
+            .commit(vec![Change {
+                workflow_id: id.clone(),
+                fence: None,
+                events: vec![Stamped {
+                    at: Utc::now(),
+                    event: Event::WorkflowCreated {
+                        spec,
+                        by: Some("bench".into()),
+                    },
+                }],
+                idempotency: None,
+            }])
+            .await?;
+        ensure!(
+            matches!(out.first(), Some(Outcome::Committed { .. })),
+            "create refused"
+        );
+        self.handle.wake();
+        Ok(id)
+    }
+}
+
+fn chain_spec(i: usize, duration_ms: u64) -> Value {
+    let p = json!({ "duration_ms": duration_ms });
+    json!({ "name": format!("chain-{i}"), "steps": [
+        { "id": "design", "role": "architect", "task": format!("Design goal-{i}"), "params": p },
+        { "id": "implement", "role": "developer", "task": "Build {design.output}", "deps": ["design"], "params": p },
+        { "id": "test", "role": "tester", "task": "Test {implement.output}", "deps": ["implement"], "params": p }
+    ]})
+}
+
+/// Waits for the workflows to finish (through the committed-event feed) and returns each
+/// one's finish time.
+async fn finish_times(
+    rx: &mut tokio::sync::broadcast::Receiver<Arc<cairn::EventRecord>>,
+    store: &Store,
+    ids: &[String],
+) -> anyhow::Result<HashMap<String, Instant>> {
+    let mut left: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let mut done = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !left.is_empty() {
+        ensure!(
+            Instant::now() < deadline,
+            "{} workflows did not finish",
+            left.len()
+        );
+        match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
+            Ok(Ok(rec)) => {
+                if matches!(
+                    rec.event,
+                    Event::WorkflowCompleted {} | Event::WorkflowFailed { .. }
+                ) && left.remove(rec.workflow_id.as_str())
+                {
+                    done.insert(rec.workflow_id.clone(), Instant::now());
+                }
+            }
+            // Lagged or quiet: look at the database instead.
+            _ => {
+                let mut finished = vec![];
+                for id in left.iter() {
+                    if store
+                        .load(id)
+                        .await?
+                        .is_some_and(|s| s.status.is_terminal())
+                    {
+                        finished.push(id.to_string());
+                    }
+                }
+                for id in finished {
+                    left.remove(id.as_str());
+                    done.insert(id, Instant::now());
+                }
+            }
+        }
+    }
+    Ok(done)
+}
+
+async fn verify_chain(store: &Store, id: &str, i: usize) -> anyhow::Result<()> {
+    let s = store.load(id).await?.context("workflow vanished")?;
+    ensure!(
+        s.status == WorkflowStatus::Completed,
+        "{id} is {}",
+        s.status.as_str()
+    );
+    let out = s
+        .step("test")
+        .and_then(|t| t.output.clone())
+        .unwrap_or_default();
+    ensure!(
+        out == format!("Test Build Design goal-{i}"),
+        "{id}: wrong output {out:?}"
+    );
+    Ok(())
+}
+
+async fn chain(db: &Path, n: usize, concurrent: bool) -> anyhow::Result<Value> {
+    let h = harness(db).await?;
+    let mut rx = h.store.subscribe();
+    let started = Instant::now();
+    let mut latencies = Vec::with_capacity(n);
+    let mut ids = Vec::with_capacity(n);
+    if concurrent {
+        let mut starts = HashMap::new();
+        for i in 0..n {
+            let id = h.create(&chain_spec(i, 10)).await?;
+            starts.insert(id.clone(), Instant::now());
+            ids.push(id);
+        }
+        let done = finish_times(&mut rx, &h.store, &ids).await?;
+        for id in &ids {
+            latencies.push((done[id] - starts[id]).as_secs_f64() * 1000.0);
+        }
+    } else {
+        for i in 0..n {
+            let t = Instant::now();
+            let id = h.create(&chain_spec(i, 0)).await?;
+            finish_times(&mut rx, &h.store, std::slice::from_ref(&id)).await?;
+            latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+            ids.push(id);
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    for (i, id) in ids.iter().enumerate() {
+        verify_chain(&h.store, id, i).await?;
+    }
+    let commits = h.store.commit_latencies_ms();
+    h.stop().await;
+    Ok(report(
+        if concurrent { "concurrent" } else { "chain" },
+        n,
+        n * 3,
+        wall,
+        latencies,
+        commits,
+        0,
+    ))
+}
+
+async fn fanout(db: &Path, width: usize) -> anyhow::Result<Value> {
+    let h = harness(db).await?;
+    let mut rx = h.store.subscribe();
+    let p = json!({ "duration_ms": 0 });
+    let mut steps = vec![json!({ "id": "start", "role": "architect", "task": "go", "params": p })];
+    let mut join_task = String::new();
+    for i in 0..width {
+        steps.push(json!({ "id": format!("p{i}"), "role": "developer", "task": format!("part {i} of {{start.output}}"), "deps": ["start"], "params": p }));
+        join_task.push_str(&format!("{{p{i}.output}};"));
+    }
+    let deps: Vec<String> = (0..width).map(|i| format!("p{i}")).collect();
+    steps.push(
+        json!({ "id": "join", "role": "tester", "task": join_task, "deps": deps, "params": p }),
+    );
+    let started = Instant::now();
+    let id = h
+        .create(&json!({ "name": "fanout", "steps": steps }))
+        .await?;
+    finish_times(&mut rx, &h.store, std::slice::from_ref(&id)).await?;
+    let wall = started.elapsed().as_secs_f64();
+    let s = h.store.load(&id).await?.context("workflow vanished")?;
+    let expected: String = (0..width).map(|i| format!("part {i} of go;")).collect();
+    ensure!(
+        s.step("join").and_then(|j| j.output.as_deref()) == Some(expected.as_str()),
+        "fanout join output is wrong"
+    );
+    let commits = h.store.commit_latencies_ms();
+    h.stop().await;
+    Ok(report(
+        "fanout",
+        1,
+        width + 2,
+        wall,
+        vec![wall * 1000.0],
+        commits,
+        0,
+    ))
+}
+
+async fn resume(db: &Path, n: usize) -> anyhow::Result<Value> {
+    // Phase 1: a real server process runs the chains until all are inside `implement`.
+    let exe = std::env::current_exe().context("locating the cairn binary")?;
+    let mut child = tokio::process::Command::new(exe)
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--log",
+            "info",
+            "--database-url",
+        ])
+        .arg(format!("sqlite://{}", db.display()))
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting cairn serve")?;
+    let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
+    let url = loop {
+        let line = lines.next_line().await?.context("cairn serve exited")?;
+        if let Some(i) = line.find("listening on http://") {
+            let rest = &line[i + "listening on ".len()..];
+            break rest.split_whitespace().next().unwrap_or("").to_string();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let client = reqwest::Client::new();
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let p = json!({ "duration_ms": 1 });
+        let spec = json!({ "name": format!("chain-{i}"), "steps": [
+            { "id": "design", "role": "architect", "task": format!("Design goal-{i}"), "params": p },
+            { "id": "implement", "role": "developer", "task": "Build {design.output}", "deps": ["design"], "params": { "duration_ms": 3000 } },
+            { "id": "test", "role": "tester", "task": "Test {implement.output}", "deps": ["implement"], "params": p }
+        ]});
+        let r: Value = client
+            .post(format!("{url}/api/workflows"))
+            .json(&spec)
+            .send()
+            .await?
+            .json()
+            .await?;
+        ids.push(r["id"].as_str().context("no id")?.to_string());
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let page: Value = client
+            .get(format!("{url}/api/workflows?status=running&limit=200"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let inside = page["workflows"]
+            .as_array()
+            .map(|w| {
+                w.iter()
+                    .filter(|w| w["current_steps"] == json!(["implement"]))
+                    .count()
+            })
+            .unwrap_or(0);
+        if inside >= n {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "workflows never reached implement"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.start_kill().context("SIGKILL")?;
+    child.wait().await?;
+
+    // Phase 2: a fresh engine recovers them all.
+    let started = Instant::now();
+    let phase2 = Utc::now();
+    let h = harness(db).await?;
+    let mut rx = h.store.subscribe();
+    finish_times(&mut rx, &h.store, &ids).await?;
+    let wall = started.elapsed().as_secs_f64();
+    let mut re_executed = 0;
+    let mut takeover_ms: f64 = 0.0;
+    for (i, id) in ids.iter().enumerate() {
+        verify_chain(&h.store, id, i).await?;
+        let events = h.store.history(id, 0).await?;
+        if let Some(r) = events
+            .iter()
+            .find(|e| matches!(e.event, Event::WorkflowResumed { .. }) && e.at >= phase2)
+        {
+            takeover_ms =
+                takeover_ms.max((r.at - phase2).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+        }
+        let mut completed = std::collections::HashSet::new();
+        for e in &events {
+            match &e.event {
+                Event::StepCompleted { step_id, .. } => {
+                    completed.insert(step_id.clone());
+                }
+                Event::StepStarted { step_id, .. } if completed.contains(step_id) => {
+                    re_executed += 1
+                }
+                _ => {}
+            }
+        }
+    }
+    let commits = h.store.commit_latencies_ms();
+    h.stop().await;
+    let mut r = report(
+        "resume",
+        n,
+        n * 3,
+        wall,
+        vec![wall * 1000.0],
+        commits,
+        re_executed,
+    );
+    ensure!(
+        re_executed == 0,
+        "{re_executed} completed steps ran again: {r}"
+    );
+    r["recovered_workflows"] = json!(n);
+    // Start-up to the last workflow resumed; wall_s also re-runs each interrupted 3 s step.
+    r["takeover_ms"] = json!(round3(takeover_ms));
+    Ok(r)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| round3(kb / 1024.0))
+        .unwrap_or(0.0)
+}
+
+fn report(
+    workload: &str,
+    workflows: usize,
+    steps: usize,
+    wall_s: f64,
+    mut latencies: Vec<f64>,
+    mut commits: Vec<f64>,
+    re_executed: usize,
+) -> Value {
+    latencies.sort_by(f64::total_cmp);
+    commits.sort_by(f64::total_cmp);
+    json!({
+        "engine": "cairn",
+        "workload": workload,
+        "store": "sqlite",
+        "workflows": workflows,
+        "steps": steps,
+        "wall_s": round3(wall_s),
+        "steps_per_s": round3(steps as f64 / wall_s),
+        "p50_ms": round3(percentile(&latencies, 0.5)),
+        "p95_ms": round3(percentile(&latencies, 0.95)),
+        "peak_rss_mb": peak_rss_mb(),
+        "commits": commits.len(),
+        "commit_p50_ms": round3(percentile(&commits, 0.5)),
+        "commit_p95_ms": round3(percentile(&commits, 0.95)),
+        "re_executed_completed_steps": re_executed,
+    })
+}
