@@ -124,6 +124,42 @@ impl Store {
         }
     }
 
+    /// Events after `after` (of one workflow, or of all), oldest first, at most `limit`.
+    pub async fn events_after(
+        &self,
+        workflow_id: Option<&str>,
+        after: i64,
+        limit: u32,
+    ) -> anyhow::Result<Vec<EventRecord>> {
+        match &self.backend {
+            Backend::Sqlite(s, _) => {
+                let mut conn = s.pool().acquire().await.context("acquiring a connection")?;
+                sqlite_ops::events_after(&mut conn, workflow_id, after, limit).await
+            }
+        }
+    }
+
+    /// The newest workflows and the log position they reflect, read in one transaction so
+    /// the two agree: a stream that starts from this snapshot continues after that id.
+    pub async fn workspace_snapshot(
+        &self,
+        limit: u32,
+    ) -> anyhow::Result<(i64, Vec<WorkflowSummary>)> {
+        match &self.backend {
+            Backend::Sqlite(s, _) => {
+                let mut tx = s.pool().begin().await.context("beginning a read")?;
+                let last = sqlite_ops::last_event_id(&mut tx).await?;
+                let q = ListQuery {
+                    limit,
+                    ..ListQuery::default()
+                };
+                let list = sqlite_ops::list(&mut tx, &q).await?;
+                tx.commit().await.context("ending a read")?;
+                Ok((last, list))
+            }
+        }
+    }
+
     /// Takes leases on workflows with work and no live owner (see [`Claimed`]).
     pub async fn claim(
         &self,

@@ -277,6 +277,34 @@ pub(super) async fn history(
     rows.iter().map(record_from_row).collect()
 }
 
+/// Events after `after`, of one workflow or of all, oldest first, at most `limit`.
+pub(super) async fn events_after(
+    conn: &mut SqliteConnection,
+    workflow_id: Option<&str>,
+    after: i64,
+    limit: u32,
+) -> anyhow::Result<Vec<EventRecord>> {
+    let rows = sqlx::query(
+        "SELECT id, workflow_id, at, data FROM events \
+         WHERE id > ?1 AND (?2 IS NULL OR workflow_id = ?2) ORDER BY id LIMIT ?3",
+    )
+    .bind(after)
+    .bind(workflow_id)
+    .bind(limit as i64)
+    .fetch_all(&mut *conn)
+    .await
+    .context("reading events")?;
+    rows.iter().map(record_from_row).collect()
+}
+
+/// The newest event id of the whole log (0 when empty).
+pub(super) async fn last_event_id(conn: &mut SqliteConnection) -> anyhow::Result<i64> {
+    sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM events")
+        .fetch_one(&mut *conn)
+        .await
+        .context("reading the last event id")
+}
+
 /// Takes leases on up to `limit` workflows that have work and no live owner. With `steal`, a
 /// lease held by another owner is taken even before it expires (SQLite: this process owns the
 /// file, so any other owner is a dead predecessor).
