@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use cairn::{RetryOverrides, RetryPolicy};
 use serde::Deserialize;
 
-use crate::engine::EngineSettings;
+use crate::{engine::EngineSettings, http::events::SseSettings};
 
 /// The configuration a fresh checkout uses when no `cairn.toml` is found: the file shipped at
 /// the repository root, compiled in so a lone binary still has its seed roles.
@@ -90,6 +90,8 @@ pub struct EngineConfig {
     pub default_timeout_s: u64,
     /// Concurrency and lease timing.
     pub settings: EngineSettings,
+    /// Live streams: heartbeat and caps.
+    pub sse: SseSettings,
 }
 
 impl EngineConfig {
@@ -129,11 +131,21 @@ impl EngineConfig {
             poll_interval: std::time::Duration::from_millis(e.poll_interval_ms),
             ..EngineSettings::default()
         };
+        let sse = &raw.sse;
+        if sse.heartbeat_ms < 100 || sse.max_streams == 0 || sse.max_streams_per_client == 0 {
+            bail!("sse: heartbeat_ms must be at least 100 and the stream caps at least 1");
+        }
+        let sse = SseSettings {
+            heartbeat: std::time::Duration::from_millis(sse.heartbeat_ms),
+            max_streams: sse.max_streams,
+            max_streams_per_client: sse.max_streams_per_client,
+        };
         Ok(Self {
             roles: raw.roles,
             retry,
             default_timeout_s: raw.defaults.timeout_s,
             settings,
+            sse,
         })
     }
 
@@ -173,9 +185,30 @@ struct RawConfig {
     #[serde(default)]
     engine: RawEngine,
     #[serde(default)]
+    sse: RawSse,
+    #[serde(default)]
     defaults: RawDefaults,
     #[serde(default)]
     roles: BTreeMap<String, RunnerConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSse {
+    heartbeat_ms: u64,
+    max_streams: usize,
+    max_streams_per_client: usize,
+}
+
+impl Default for RawSse {
+    fn default() -> Self {
+        let d = SseSettings::default();
+        Self {
+            heartbeat_ms: d.heartbeat.as_millis() as u64,
+            max_streams: d.max_streams,
+            max_streams_per_client: d.max_streams_per_client,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,7 +5,9 @@
 //! - [`config`]: typed configuration from flags, environment and `cairn.toml`, loaded once.
 //! - [`store`]: the database (SQLite by default): checkpoints, reads, leases.
 //! - [`engine`]: the scheduler, runners, retries, leases and recovery.
-//! - [`http`]: the axum router: REST API, error shape, the Leptos pages and static files.
+//! - [`http`]: the axum router: REST API, SSE, the replaced system's endpoints, the Leptos
+//!   pages and static files.
+//! - [`live`]: the gap-free event feed behind every stream, and the caps on open streams.
 //! - [`startup`]: builds an [`startup::Application`] from a config and runs it until shutdown.
 //! - [`telemetry`]: tracing set-up.
 
@@ -13,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod http;
+pub mod live;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -14,6 +14,7 @@ use crate::{
     config::Config,
     engine::Engine,
     http::{self, AppState},
+    live::StreamLimits,
     store::Store,
 };
 
@@ -31,6 +32,7 @@ pub struct Application {
 impl Application {
     /// Opens and migrates the store, binds the address; does not serve yet.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        raise_open_files_limit();
         let store = Store::connect(&config.database_url).await?;
         let listener = TcpListener::bind(config.addr)
             .await
@@ -63,10 +65,13 @@ impl Application {
             instance.clone(),
             config.engine.settings.clone(),
         );
+        let sse = &config.engine.sse;
+        let streams = StreamLimits::new(sse.max_streams, sse.max_streams_per_client);
         let state = AppState {
             leptos_options,
             store,
             engine: engine_handle,
+            streams,
             instance,
             config: Arc::new(config),
         };
@@ -95,14 +100,33 @@ impl Application {
             self.addr
         );
         let router = http::router(self.state);
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await
-            .context("serving HTTP")?;
+        // Connect info: stream caps are per client address.
+        axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await
+        .context("serving HTTP")?;
         // HTTP can also end on its own (an accept error): stop the engine with it.
         shutdown.cancel();
         engine.await.context("the engine task panicked")?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Every SSE client holds a socket: lift the soft limit on open files to the hard one, as
+/// servers that hold many connections do, so thousands of streams do not fail at 1024.
+pub fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, "cannot raise the open-files limit from {soft}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-files limit"),
     }
 }

@@ -67,6 +67,8 @@ struct Owned {
     fence: Fence,
     /// Cancel tokens of its attempts in flight, by step.
     attempts: HashMap<String, CancellationToken>,
+    /// Log lines seen per step: (attempt, count), for the per-attempt cap.
+    log_counts: HashMap<String, (u32, u32)>,
 }
 
 /// An attempt that ended, on its way back to the loop.

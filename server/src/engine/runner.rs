@@ -197,7 +197,7 @@ async fn simulate(
         .clone()
         .unwrap_or_else(|| format!("sim-{}-{}", a.workflow_id, a.step_id));
     if param_u64("log_lines").is_some_and(|n| n > 0) {
-        for i in 1..=param_u64("log_lines").unwrap_or(0).min(1000) {
+        for i in 1..=param_u64("log_lines").unwrap_or(0).min(2000) {
             logs.send(a, LogStream::Stdout, format!("{} line {i}", a.step_id));
         }
     }

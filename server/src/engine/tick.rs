@@ -14,6 +14,9 @@ use crate::store::{Change, Outcome, Rejection, Stamped};
 /// Claims per tick, so one tick stays short when thousands of workflows wait.
 const CLAIM_BATCH: u32 = 256;
 
+/// `step.log` events kept per attempt; a runaway program cannot flood the log.
+pub const MAX_LOG_LINES_PER_ATTEMPT: u32 = 1000;
+
 /// A workflow's events of this tick, folded as they are decided so that every decision sees
 /// the ones before it (a step that just completed unblocks its dependents in the same tick).
 struct Draft {
@@ -200,6 +203,7 @@ impl Engine {
                     state: c.state,
                     fence: c.fence,
                     attempts: HashMap::new(),
+                    log_counts: HashMap::new(),
                 },
             );
             drafts.insert(id, draft);
@@ -207,8 +211,40 @@ impl Engine {
         Ok(n)
     }
 
+    /// Turns log lines into `step.log` events: every line is durable and streamed, up to
+    /// [`MAX_LOG_LINES_PER_ATTEMPT`] per attempt (one notice marks the cut); each line is cut
+    /// at [`cairn::LOG_LINE_MAX_BYTES`].
     fn fold_logs(&mut self, now: DateTime<Utc>, drafts: &mut HashMap<String, Draft>) {
-        for line in std::mem::take(&mut self.log_buffer) {
+        for mut line in std::mem::take(&mut self.log_buffer) {
+            let count = match self.owned.get_mut(&line.workflow_id) {
+                Some(o) => {
+                    let c = o
+                        .log_counts
+                        .entry(line.step_id.clone())
+                        .or_insert((line.attempt, 0));
+                    if c.0 != line.attempt {
+                        *c = (line.attempt, 0);
+                    }
+                    c.1 += 1;
+                    c.1
+                }
+                None => continue,
+            };
+            if count > MAX_LOG_LINES_PER_ATTEMPT + 1 {
+                continue;
+            }
+            if count == MAX_LOG_LINES_PER_ATTEMPT + 1 {
+                line.line = format!(
+                    "[cairn] {MAX_LOG_LINES_PER_ATTEMPT} lines kept; the rest of this attempt's output is not recorded"
+                );
+            }
+            if line.line.len() > cairn::LOG_LINE_MAX_BYTES {
+                let mut cut = cairn::LOG_LINE_MAX_BYTES;
+                while !line.line.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                line.line.truncate(cut);
+            }
             let Some(d) = self.draft(drafts, &line.workflow_id) else {
                 continue;
             };

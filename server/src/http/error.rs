@@ -48,7 +48,10 @@ pub enum ApiError {
         /// Each problem with its path.
         details: Vec<ErrorDetail>,
     },
-    /// 503: a dependency (the database) is unavailable.
+    /// 429: this client has too many streams (or requests) open.
+    #[error("{0}")]
+    TooManyRequests(String),
+    /// 503: a dependency (the database) is unavailable, or the server is at capacity.
     #[error("service unavailable")]
     Unavailable(#[source] anyhow::Error),
     /// 500: a fault on our side; the cause is logged, never sent.
@@ -64,6 +67,7 @@ impl ApiError {
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::InvalidSpec { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_spec"),
+            Self::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

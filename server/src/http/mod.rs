@@ -2,7 +2,9 @@
 //!
 //! Each area has its own `router()`; [`router`] merges them with the Leptos routes in one place.
 
+mod compat;
 pub mod error;
+pub mod events;
 mod health;
 pub mod workflows;
 
@@ -14,7 +16,7 @@ use leptos::prelude::LeptosOptions;
 use leptos_axum::{LeptosRoutes, generate_route_list};
 use tower_http::trace::TraceLayer;
 
-use crate::{config::Config, engine::EngineHandle, store::Store};
+use crate::{config::Config, engine::EngineHandle, live::StreamLimits, store::Store};
 pub use error::{ApiError, ErrorDetail};
 
 /// What every handler can reach.
@@ -26,6 +28,8 @@ pub struct AppState {
     pub store: Store,
     /// The engine's control channel.
     pub engine: EngineHandle,
+    /// Open SSE streams, capped.
+    pub streams: StreamLimits,
     /// This process's id, for health and (later) lease ownership.
     pub instance: Arc<str>,
     /// The configuration the server started with.
@@ -38,6 +42,8 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .merge(health::router())
         .merge(workflows::router())
+        .merge(events::router())
+        .merge(compat::router())
         // Anything else under /api is a JSON 404, not the HTML not-found page.
         .route("/api", any(api_not_found))
         .route("/api/{*rest}", any(api_not_found));

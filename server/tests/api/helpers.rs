@@ -18,6 +18,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
+    toml: String,
     _dir: TempDir,
 }
 
@@ -41,6 +42,19 @@ impl TestApp {
             .expect("request failed")
     }
 
+    /// Stops the server and starts a new one on the same database (a new port, a new
+    /// instance id), as after a restart.
+    pub async fn restart(&mut self) {
+        self.shutdown.cancel();
+        if let Some(h) = self.handle.take() {
+            h.await.expect("server task panicked").expect("clean stop");
+        }
+        let (address, shutdown, handle) = start(&self._dir, &self.toml).await;
+        self.address = address;
+        self.shutdown = shutdown;
+        self.handle = Some(handle);
+    }
+
     /// Stops the server gracefully and returns what `run_until_stopped` returned.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();
@@ -60,24 +74,39 @@ impl Drop for TestApp {
 
 /// Starts a server on a free port with a new SQLite file in a temporary folder.
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with("").await
+}
+
+/// Like [`spawn_app`], with extra `cairn.toml` text (e.g. an `[sse]` table) added to the
+/// shipped configuration.
+pub async fn spawn_app_with(extra_toml: &str) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
-    let db_path = dir.path().join("cairn.db");
+    let toml = format!("{DEFAULT_CONFIG_TOML}\n{extra_toml}");
+    let (address, shutdown, handle) = start(&dir, &toml).await;
+    TestApp {
+        address,
+        db_path: dir.path().join("cairn.db"),
+        client: reqwest::Client::new(),
+        shutdown,
+        handle: Some(handle),
+        toml,
+        _dir: dir,
+    }
+}
+
+async fn start(
+    dir: &TempDir,
+    toml: &str,
+) -> (String, CancellationToken, JoinHandle<anyhow::Result<()>>) {
     let config = Config {
         addr: "127.0.0.1:0".parse().unwrap(),
-        database_url: format!("sqlite://{}", db_path.display()),
+        database_url: format!("sqlite://{}", dir.path().join("cairn.db").display()),
         site_root: dir.path().join("site"),
-        engine: EngineConfig::from_toml(DEFAULT_CONFIG_TOML).unwrap(),
+        engine: EngineConfig::from_toml(toml).unwrap(),
     };
     let app = Application::build(config).await.expect("building the app");
     let address = format!("http://{}", app.addr());
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    TestApp {
-        address,
-        db_path,
-        client: reqwest::Client::new(),
-        shutdown,
-        handle: Some(handle),
-        _dir: dir,
-    }
+    (address, shutdown, handle)
 }

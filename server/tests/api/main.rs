@@ -7,4 +7,5 @@ mod engine;
 mod health;
 mod helpers;
 mod pages;
+mod sse;
 mod workflows;

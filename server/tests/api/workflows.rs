@@ -515,3 +515,35 @@ async fn bad_input_gets_a_4xx_json_error_that_names_the_field() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["details"].as_array().unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn log_lines_are_kept_up_to_the_cap_per_attempt_with_a_notice() {
+    let app = spawn_app().await;
+    let id = start(
+        &app,
+        json!({ "id": "noisy", "role": "developer", "task": "x",
+                "params": { "duration_ms": 50, "log_lines": 1200 } }),
+    )
+    .await;
+    let snap = wait_status(&app, &id, "completed").await;
+    let logs: Vec<Value> = history(&app, &id)
+        .await
+        .into_iter()
+        .filter(|e| e["type"] == "step.log")
+        .collect();
+    // 1200 lines written, 1000 kept, then one notice.
+    assert_eq!(logs.len(), 1001);
+    assert_eq!(logs[0]["line"], "noisy line 1");
+    assert_eq!(logs[999]["line"], "noisy line 1000");
+    assert!(
+        logs[1000]["line"]
+            .as_str()
+            .unwrap()
+            .contains("1000 lines kept")
+    );
+    // The state keeps only the tail.
+    assert_eq!(
+        step(&snap, "noisy")["logs"].as_array().unwrap().len(),
+        cairn::LOG_TAIL
+    );
+}
