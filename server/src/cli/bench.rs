@@ -36,6 +36,8 @@ pub enum Workload {
     Fanout,
     /// N chains; the server is killed mid-run and a new one finishes them.
     Resume,
+    /// C streaming clients on the workspace feed of a server running N chains.
+    Sse,
 }
 
 /// `cairn bench` arguments.
@@ -53,6 +55,9 @@ pub struct BenchArgs {
     /// Parallel steps of `fanout`.
     #[arg(long, default_value_t = 100)]
     pub width: usize,
+    /// Streaming clients of `sse`.
+    #[arg(long, default_value_t = 1000)]
+    pub clients: usize,
 }
 
 /// Runs the benchmark and prints its JSON line.
@@ -70,6 +75,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Workload::Concurrent => chain(&db, args.n.unwrap_or(500), true).await?,
         Workload::Fanout => fanout(&db, args.width).await?,
         Workload::Resume => resume(&db, args.n.unwrap_or(200)).await?,
+        Workload::Sse => {
+            super::bench_sse::run(dir.path(), args.clients, args.n.unwrap_or(20)).await?
+        }
     };
     println!("{}", serde_json::to_string(&result)?);
     Ok(())
@@ -423,7 +431,46 @@ async fn resume(db: &Path, n: usize) -> anyhow::Result<Value> {
     Ok(r)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+/// Starts `cairn serve` (this very binary) on a free port; returns it and its URL.
+pub(super) async fn spawn_server(
+    db: &Path,
+    config: Option<&Path>,
+) -> anyhow::Result<(tokio::process::Child, String)> {
+    let exe = std::env::current_exe().context("locating the cairn binary")?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args([
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--log",
+        "info",
+        "--database-url",
+    ])
+    .arg(format!("sqlite://{}", db.display()));
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let mut child = cmd
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting cairn serve")?;
+    let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
+    let url = loop {
+        let line = lines.next_line().await?.context("cairn serve exited")?;
+        if let Some(i) = line.find("listening on http://") {
+            let rest = &line[i + "listening on ".len()..];
+            break rest.split_whitespace().next().unwrap_or("").to_string();
+        }
+    };
+    // Keep draining its output so it never blocks on a full pipe; ends with the child.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, url))
+}
+
+pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -431,7 +478,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn round3(x: f64) -> f64 {
+pub(super) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 

@@ -1,6 +1,7 @@
 //! The `cairn` command line.
 
 pub mod bench;
+mod bench_sse;
 
 use std::process::ExitCode;
 
