@@ -178,6 +178,7 @@ impl Engine {
             fence,
             events: vec![Stamped { at: now, event }],
             idempotency: None,
+            base: Some(Box::new(state.clone())),
         };
         let outcome = self.store.commit(vec![change]).await?.pop();
         match outcome {

@@ -20,6 +20,7 @@ pub const MAX_LOG_LINES_PER_ATTEMPT: u32 = 1000;
 /// A workflow's events of this tick, folded as they are decided so that every decision sees
 /// the ones before it (a step that just completed unblocks its dependents in the same tick).
 struct Draft {
+    base: WorkflowState,
     state: WorkflowState,
     events: Vec<Stamped>,
     launches: Vec<String>,
@@ -28,6 +29,7 @@ struct Draft {
 impl Draft {
     fn new(state: WorkflowState) -> Self {
         Self {
+            base: state.clone(),
             state,
             events: Vec::new(),
             launches: Vec::new(),
@@ -96,6 +98,7 @@ impl Engine {
                         fence: Some(fence),
                         events: d.events,
                         idempotency: None,
+                        base: Some(Box::new(d.base)),
                     },
                     d.launches,
                 ))

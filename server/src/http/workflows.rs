@@ -211,6 +211,7 @@ pub async fn create(
             },
         }],
         idempotency,
+        base: None,
     };
     match state.store.commit(vec![change]).await?.pop() {
         Some(Outcome::Committed { state: wf, .. }) => {

@@ -22,7 +22,9 @@ use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 
 pub use sqlite::SqliteStore;
-pub use types::{Change, Claimed, Fence, ListQuery, Outcome, Rejection, Stamped, WorkflowSummary};
+pub use types::{
+    Change, Claimed, Fence, ListQuery, LiveEvent, Outcome, Rejection, Stamped, WorkflowSummary,
+};
 
 /// How many committed events a live subscriber may lag behind before it must catch up from
 /// the database.
@@ -32,7 +34,7 @@ const BROADCAST_CAPACITY: usize = 4096;
 #[derive(Clone, Debug)]
 pub struct Store {
     backend: Backend,
-    events: broadcast::Sender<Arc<EventRecord>>,
+    events: broadcast::Sender<Arc<LiveEvent>>,
 }
 
 #[derive(Clone, Debug)]
@@ -83,7 +85,7 @@ impl Store {
     }
 
     /// Live committed events. A receiver that lags gets `Lagged` and should re-read the log.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<EventRecord>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
         self.events.subscribe()
     }
 

@@ -34,6 +34,7 @@ pub(super) async fn apply_change(
         fence,
         events,
         idempotency,
+        base,
     } = change;
 
     if let Some((key, hash)) = &idempotency {
@@ -61,7 +62,22 @@ pub(super) async fn apply_change(
         events.first().map(|s| &s.event),
         Some(Event::WorkflowCreated { .. })
     );
-    let existing = load_state(conn, &workflow_id).await?;
+    let existing = match base {
+        Some(base) if !creating => {
+            let stored: Option<i64> =
+                sqlx::query_scalar("SELECT last_event_id FROM workflows WHERE id = ?")
+                    .bind(&workflow_id)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .context("checking a workflow's position")?;
+            match stored {
+                Some(last) if last == base.last_event_id => Some(*base),
+                Some(_) => load_state(conn, &workflow_id).await?,
+                None => None,
+            }
+        }
+        _ => load_state(conn, &workflow_id).await?,
+    };
     let mut state = match (creating, existing) {
         (true, None) => WorkflowState::new(workflow_id.clone()),
         (true, Some(_)) => return Ok(Outcome::Rejected(Rejection::Duplicate)),

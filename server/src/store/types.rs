@@ -37,6 +37,10 @@ pub struct Change {
     pub events: Vec<Stamped>,
     /// For a new workflow: the `Idempotency-Key` and a hash of the request it came with.
     pub idempotency: Option<(String, String)>,
+    /// The state the events were decided on, if the caller has it. Used instead of reading
+    /// the stored state when it is still current (same `last_event_id`), which saves
+    /// decoding it inside the transaction.
+    pub base: Option<Box<WorkflowState>>,
 }
 
 /// What became of a [`Change`].
@@ -137,4 +141,29 @@ pub struct Claimed {
     pub fence: Fence,
     /// Who held it before, if anyone: a takeover from a dead or stuck engine.
     pub previous_owner: Option<String>,
+}
+
+/// A committed event on its way to live streams, with its JSON encoded once for every
+/// subscriber (thousands of clients share one serialisation).
+#[derive(Debug)]
+pub struct LiveEvent {
+    /// The event.
+    pub record: EventRecord,
+    /// `record` as JSON.
+    pub json: String,
+}
+
+impl LiveEvent {
+    /// Wraps a record, encoding it.
+    pub fn new(record: EventRecord) -> Self {
+        let json = serde_json::to_string(&record).unwrap_or_default();
+        Self { record, json }
+    }
+}
+
+impl std::ops::Deref for LiveEvent {
+    type Target = EventRecord;
+    fn deref(&self) -> &EventRecord {
+        &self.record
+    }
 }

@@ -14,13 +14,12 @@ use std::{
 };
 
 use anyhow::Context;
-use cairn::EventRecord;
 use sqlx::SqlitePool;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
     sqlite_ops,
-    types::{Change, Outcome},
+    types::{Change, LiveEvent, Outcome},
 };
 
 /// Requests merged into one transaction at most.
@@ -42,7 +41,7 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the writer task on `pool`; committed events are published on `events`.
-    pub fn start(pool: SqlitePool, events: broadcast::Sender<Arc<EventRecord>>) -> Self {
+    pub fn start(pool: SqlitePool, events: broadcast::Sender<Arc<LiveEvent>>) -> Self {
         let (tx, rx) = mpsc::channel(1024);
         let latencies = Arc::new(Mutex::new(Vec::new()));
         tokio::spawn(run(pool, rx, events, latencies.clone()));
@@ -70,7 +69,7 @@ impl Writer {
 async fn run(
     pool: SqlitePool,
     mut rx: mpsc::Receiver<Batch>,
-    events: broadcast::Sender<Arc<EventRecord>>,
+    events: broadcast::Sender<Arc<LiveEvent>>,
     latencies: Arc<Mutex<Vec<f64>>>,
 ) {
     while let Some(first) = rx.recv().await {
@@ -97,7 +96,7 @@ async fn run(
                         if let Outcome::Committed { records, .. } = o {
                             for r in records {
                                 // No subscriber is fine; a lagging one catches up from the log.
-                                let _ = events.send(Arc::new(r.clone()));
+                                let _ = events.send(Arc::new(LiveEvent::new(r.clone())));
                             }
                         }
                     }

@@ -39,6 +39,7 @@ async fn create(store: &Store, spec: serde_json::Value) -> String {
                 event: Event::WorkflowCreated { spec, by: None },
             }],
             idempotency: None,
+            base: None,
         }])
         .await
         .unwrap();
