@@ -136,6 +136,7 @@ impl Harness {
                     },
                 }],
                 idempotency: None,
+                base: None,
             }])
             .await?;
         ensure!(
@@ -159,7 +160,7 @@ fn chain_spec(i: usize, duration_ms: u64) -> Value {
 /// Waits for the workflows to finish (through the committed-event feed) and returns each
 /// one's finish time.
 async fn finish_times(
-    rx: &mut tokio::sync::broadcast::Receiver<Arc<cairn::EventRecord>>,
+    rx: &mut tokio::sync::broadcast::Receiver<Arc<crate::store::LiveEvent>>,
     store: &Store,
     ids: &[String],
 ) -> anyhow::Result<HashMap<String, Instant>> {
@@ -229,15 +230,15 @@ async fn chain(db: &Path, n: usize, concurrent: bool) -> anyhow::Result<Value> {
     let mut latencies = Vec::with_capacity(n);
     let mut ids = Vec::with_capacity(n);
     if concurrent {
-        let mut starts = HashMap::new();
-        for i in 0..n {
-            let id = h.create(&chain_spec(i, 10)).await?;
-            starts.insert(id.clone(), Instant::now());
-            ids.push(id);
+        // All at once: every start is submitted together (they share group commits).
+        let specs: Vec<Value> = (0..n).map(|i| chain_spec(i, 10)).collect();
+        let created = futures::future::join_all(specs.iter().map(|s| h.create(s))).await;
+        for id in created {
+            ids.push(id?);
         }
         let done = finish_times(&mut rx, &h.store, &ids).await?;
         for id in &ids {
-            latencies.push((done[id] - starts[id]).as_secs_f64() * 1000.0);
+            latencies.push((done[id] - started).as_secs_f64() * 1000.0);
         }
     } else {
         for i in 0..n {
@@ -305,33 +306,14 @@ async fn fanout(db: &Path, width: usize) -> anyhow::Result<Value> {
 }
 
 async fn resume(db: &Path, n: usize) -> anyhow::Result<Value> {
-    // Phase 1: a real server process runs the chains until all are inside `implement`.
-    let exe = std::env::current_exe().context("locating the cairn binary")?;
-    let mut child = tokio::process::Command::new(exe)
-        .args([
-            "serve",
-            "--addr",
-            "127.0.0.1:0",
-            "--log",
-            "info",
-            "--database-url",
-        ])
-        .arg(format!("sqlite://{}", db.display()))
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting cairn serve")?;
-    let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
-    let url = loop {
-        let line = lines.next_line().await?.context("cairn serve exited")?;
-        if let Some(i) = line.find("listening on http://") {
-            let rest = &line[i + "listening on ".len()..];
-            break rest.split_whitespace().next().unwrap_or("").to_string();
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    // Phase 1: a real server process runs the chains until all are inside `implement`
+    // (with room to run them all at once).
+    let config = db.with_file_name("resume.toml");
+    std::fs::write(
+        &config,
+        format!("{DEFAULT_CONFIG_TOML}\n[engine]\nmax_concurrency = 1024\n"),
+    )?;
+    let (mut child, url) = spawn_server(db, Some(&config)).await?;
     let client = reqwest::Client::new();
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
@@ -371,7 +353,7 @@ async fn resume(db: &Path, n: usize) -> anyhow::Result<Value> {
         }
         ensure!(
             Instant::now() < deadline,
-            "workflows never reached implement"
+            "only {inside} of {n} workflows reached implement"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -18,12 +18,14 @@ use axum::{
     },
     routing::get,
 };
-use cairn::EventRecord;
 use futures::{Stream, StreamExt, stream};
 use serde_json::json;
 
 use super::{ApiError, AppState, ErrorDetail, workflows::snapshot_json};
-use crate::live::{Feed, StreamGuard, StreamRefusal};
+use crate::{
+    live::{Feed, StreamGuard, StreamRefusal},
+    store::LiveEvent,
+};
 
 /// Workflows in the workspace stream's first snapshot.
 const WORKSPACE_SNAPSHOT: u32 = 200;
@@ -93,11 +95,11 @@ where
 }
 
 /// The contract's frame for an event.
-pub fn event_frame(rec: &EventRecord) -> Frame {
+pub fn event_frame(e: &LiveEvent) -> Frame {
     Frame::default()
-        .id(rec.id.to_string())
-        .event(rec.event.type_name())
-        .data(serde_json::to_string(rec).unwrap_or_default())
+        .id(e.id.to_string())
+        .event(e.event.type_name())
+        .data(&e.json)
 }
 
 /// Feed events as frames; a database error ends the stream (the client reconnects with its
@@ -113,7 +115,7 @@ fn frames(feed: Feed) -> impl Stream<Item = Frame> + Send {
             }
             std::future::ready(r.is_ok())
         })
-        .filter_map(|r| std::future::ready(r.ok().map(|rec: Arc<EventRecord>| event_frame(&rec))))
+        .filter_map(|r| std::future::ready(r.ok().map(|e: Arc<LiveEvent>| event_frame(&e))))
 }
 
 async fn workflow_events(

@@ -12,7 +12,7 @@ use cairn::EventRecord;
 use futures::Stream;
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use crate::store::Store;
+use crate::store::{LiveEvent, Store};
 
 /// Events read from the database per catch-up page.
 const PAGE: u32 = 500;
@@ -22,8 +22,8 @@ pub struct Feed {
     store: Store,
     workflow_id: Option<String>,
     cursor: i64,
-    live: broadcast::Receiver<Arc<EventRecord>>,
-    backlog: VecDeque<Arc<EventRecord>>,
+    live: broadcast::Receiver<Arc<LiveEvent>>,
+    backlog: VecDeque<Arc<LiveEvent>>,
     catching_up: bool,
 }
 
@@ -57,7 +57,7 @@ impl Feed {
     }
 
     /// The next event, waiting for one if need be; `None` when the store shut down.
-    pub async fn next(&mut self) -> Option<anyhow::Result<Arc<EventRecord>>> {
+    pub async fn next(&mut self) -> Option<anyhow::Result<Arc<LiveEvent>>> {
         loop {
             if let Some(e) = self.backlog.pop_front() {
                 if self.wanted(&e) {
@@ -76,7 +76,8 @@ impl Feed {
                     Err(e) => return Some(Err(e)),
                 };
                 self.catching_up = page.len() as u32 == PAGE;
-                self.backlog.extend(page.into_iter().map(Arc::new));
+                self.backlog
+                    .extend(page.into_iter().map(|r| Arc::new(LiveEvent::new(r))));
                 continue;
             }
             match self.live.recv().await {
@@ -93,7 +94,7 @@ impl Feed {
     }
 
     /// The feed as a `Stream`.
-    pub fn into_stream(self) -> impl Stream<Item = anyhow::Result<Arc<EventRecord>>> + Send {
+    pub fn into_stream(self) -> impl Stream<Item = anyhow::Result<Arc<LiveEvent>>> + Send {
         futures::stream::unfold(self, |mut feed| async move {
             let item = feed.next().await?;
             Some((item, feed))
