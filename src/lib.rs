@@ -20,6 +20,7 @@
 //! - [`event`]: the events of the log ([`Event`], [`EventRecord`]) and their wire shape.
 //! - [`state`]: [`WorkflowState`] and its fold [`WorkflowState::apply`], plus the derived
 //!   queries a scheduler and a UI need (ready steps, next wake-up, progress).
+//! - [`summary`]: [`WorkflowSummary`], the list view derived from a state.
 //! - [`retry`]: backoff maths and error classification for [`RetryPolicy`].
 
 #![forbid(unsafe_code)]
@@ -29,6 +30,7 @@ pub mod event;
 pub mod retry;
 pub mod spec;
 pub mod state;
+pub mod summary;
 pub mod template;
 mod validate;
 
@@ -46,4 +48,5 @@ pub use state::{
     ApplyError, AttemptRecord, LOG_LINE_MAX_BYTES, LOG_TAIL, LogLine, MAX_ATTEMPT_RECORDS,
     Progress, StepState, StepStatus, WorkflowState, WorkflowStatus,
 };
+pub use summary::WorkflowSummary;
 pub use template::{Template, TemplateContext, TemplateError, TemplateRef};

@@ -37,15 +37,17 @@ pub fn router() -> Router<AppState> {
         .route("/api/events", get(workspace_events))
 }
 
-/// Where a client resumes from: `?after=ID`, else the `Last-Event-ID` header, else nowhere
+/// Where a client resumes from: the `Last-Event-ID` header, else `?after=ID`, else nowhere
 /// (a new client, which gets a snapshot).
 pub fn resume_point(
     headers: &HeaderMap,
     query: &HashMap<String, String>,
 ) -> Result<Option<i64>, ApiError> {
-    let (name, raw) = match (query.get("after"), headers.get("last-event-id")) {
-        (Some(q), _) => ("after", q.as_str()),
-        (None, Some(h)) => ("Last-Event-ID", h.to_str().unwrap_or("?")),
+    // The header wins: a browser reconnecting sends it with the id it saw last, while the
+    // URL still carries the `after` it first connected with.
+    let (name, raw) = match (headers.get("last-event-id"), query.get("after")) {
+        (Some(h), _) => ("Last-Event-ID", h.to_str().unwrap_or("?")),
+        (None, Some(q)) => ("after", q.as_str()),
         (None, None) => return Ok(None),
     };
     match raw.trim().parse::<i64>() {

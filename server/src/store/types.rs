@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use cairn::{ApplyError, Event, EventRecord, Progress, WorkflowState, WorkflowStatus};
+pub use cairn::WorkflowSummary;
+use cairn::{ApplyError, Event, EventRecord, WorkflowState, WorkflowStatus};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 
 /// The lease under which a change is made: it is committed only if `owner` still holds the
 /// workflow at `epoch`. A change from an engine that lost the workflow is discarded, so a
@@ -76,49 +76,6 @@ pub enum Rejection {
     /// An event does not fit the workflow's current state.
     #[error(transparent)]
     DoesNotApply(#[from] ApplyError),
-}
-
-/// A row of the workflow list.
-#[derive(Debug, Clone, Serialize)]
-pub struct WorkflowSummary {
-    /// Workflow id.
-    pub id: String,
-    /// Spec name.
-    pub name: String,
-    /// Current status.
-    pub status: WorkflowStatus,
-    /// Done / total and friends.
-    pub progress: Progress,
-    /// Steps running or waiting for a retry.
-    pub current_steps: Vec<String>,
-    /// The earliest pending retry, if a step is backing off.
-    pub next_attempt_at: Option<DateTime<Utc>>,
-    /// The workflow's error, when it failed.
-    pub error: Option<String>,
-    /// Creation time.
-    pub created_at: Option<DateTime<Utc>>,
-    /// Last change.
-    pub updated_at: Option<DateTime<Utc>>,
-    /// The last event folded into it.
-    pub last_event_id: i64,
-}
-
-impl WorkflowSummary {
-    /// The summary of a state.
-    pub fn of(state: &WorkflowState) -> Self {
-        Self {
-            id: state.id.clone(),
-            name: state.name.clone(),
-            status: state.status,
-            progress: state.progress(),
-            current_steps: state.current_steps().iter().map(|s| s.id.clone()).collect(),
-            next_attempt_at: state.next_wake(),
-            error: state.error.clone(),
-            created_at: state.created_at,
-            updated_at: state.updated_at,
-            last_event_id: state.last_event_id,
-        }
-    }
 }
 
 /// Filters of the workflow list.
