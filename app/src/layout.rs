@@ -1,11 +1,11 @@
-//! The workspace frame every page shares: a header, the "Workflows" sidebar and the main panel.
+//! The workspace frame every page shares: a header, the live "Workflows" sidebar and the
+//! main panel.
 
 use leptos::prelude::*;
 
+use crate::components::Sidebar;
+
 /// The sidebar + main panel frame around a page.
-///
-/// The sidebar is the workspace monitor. It lists nothing until the engine and its live feed
-/// exist; it says so plainly rather than showing fake entries.
 #[component]
 pub fn Workspace(children: Children) -> impl IntoView {
     // Effects only run in the browser, after hydration: the attribute tells tests (and anyone
@@ -21,13 +21,9 @@ pub fn Workspace(children: Children) -> impl IntoView {
                     " cairn"
                 </a>
                 <span class="topbar-note">"durable workflows"</span>
+                <a class="topbar-action" href="/">"+ New workflow"</a>
             </header>
-            <aside class="sidebar" aria-label="Workflows">
-                <h2 class="sidebar-title">"Workflows"</h2>
-                <p class="sidebar-empty" data-testid="sidebar-empty">
-                    "No workflows yet."
-                </p>
-            </aside>
+            <Sidebar/>
             <main class="main">{children()}</main>
         </div>
     }

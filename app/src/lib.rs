@@ -10,16 +10,25 @@
 //! - [`App`]: router and the workspace layout every page shares.
 //! - `layout`: the sidebar + main panel frame.
 //! - `pages`: one module per page.
-//! - `components`: reusable pieces (the spec checker, ...).
+//! - `components`: reusable pieces (sidebar, start form, graph, badges).
+//! - `data`: where views read from: the store during SSR, the JSON API in the browser.
+//! - `live`: the browser's EventSource wrapper; `workspace`: the live sidebar state.
+//! - `time`: the ticking clock and human-friendly times.
+
+#![recursion_limit = "512"]
 
 mod components;
+pub mod data;
 mod layout;
+mod live;
 mod pages;
+mod time;
+mod workspace;
 
 use leptos::prelude::*;
 use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
 use leptos_router::{
-    StaticSegment,
+    ParamSegment, StaticSegment,
     components::{Route, Router, Routes},
 };
 
@@ -48,6 +57,8 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
 #[component]
 pub fn App() -> impl IntoView {
     provide_meta_context();
+    time::provide_clock();
+    workspace::Workspace::provide();
 
     view! {
         <Stylesheet id="leptos" href="/pkg/cairn.css"/>
@@ -56,6 +67,7 @@ pub fn App() -> impl IntoView {
             <layout::Workspace>
                 <Routes fallback=pages::NotFound>
                     <Route path=StaticSegment("") view=pages::Home/>
+                    <Route path=(StaticSegment("workflows"), ParamSegment("id")) view=pages::WorkflowPage/>
                 </Routes>
             </layout::Workspace>
         </Router>

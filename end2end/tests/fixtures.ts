@@ -16,14 +16,15 @@ export interface CairnServer {
   output(): string;
 }
 
-/** Starts the release binary on port 0 and waits for it to say where it listens. */
-export async function startServer(dbPath?: string): Promise<CairnServer> {
+/** Starts the release binary (on `port`, default a free one) and waits for it to say where
+ * it listens. Pass `dbPath` to start again on an existing database. */
+export async function startServer(dbPath?: string, port = 0): Promise<CairnServer> {
   const dir = dbPath ? path.dirname(dbPath) : mkdtempSync(path.join(tmpdir(), "cairn-e2e-"));
   const db = dbPath ?? path.join(dir, "cairn.db");
   const bin = process.env.CAIRN_BIN ?? path.join(repoRoot, "target", "release", "cairn");
   const child: ChildProcess = spawn(
     bin,
-    ["serve", "--addr", "127.0.0.1:0", "--database-url", `sqlite://${db}`],
+    ["serve", "--addr", `127.0.0.1:${port}`, "--database-url", `sqlite://${db}`],
     { cwd: repoRoot, env: { ...process.env, CAIRN_LOG: "info", NO_COLOR: "1" } },
   );
   let out = "";

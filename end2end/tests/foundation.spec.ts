@@ -40,7 +40,7 @@ test("the page hydrates: the spec checker validates in the browser as you type",
   await expect(list).toContainText("steps[1]");
 
   // And back to a valid spec, in YAML this time.
-  await editor.fill("name: tiny\nsteps:\n  - id: only\n    role: dev\n    task: hello\n");
+  await editor.fill("name: tiny\nsteps:\n  - id: only\n    role: developer\n    task: hello\n");
   await expect(page.getByTestId("spec-ok")).toContainText("tiny");
   expect(errors).toEqual([]);
 

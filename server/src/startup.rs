@@ -72,6 +72,7 @@ impl Application {
             store,
             engine: engine_handle,
             streams,
+            closing: CancellationToken::new(),
             instance,
             config: Arc::new(config),
         };
@@ -99,13 +100,22 @@ impl Application {
             "cairn is listening on http://{}",
             self.addr
         );
+        let closing = self.state.closing.clone();
         let router = http::router(self.state);
         // Connect info: stream caps are per client address.
         axum::serve(
             self.listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .with_graceful_shutdown({
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                // End live streams so in-flight requests can finish; clients reconnect
+                // (to this server's successor) with their Last-Event-ID.
+                closing.cancel();
+            }
+        })
         .await
         .context("serving HTTP")?;
         // HTTP can also end on its own (an accept error): stop the engine with it.

@@ -1,5 +1,11 @@
 //! Reusable pieces of the monitor.
 
-mod spec_checker;
+mod badge;
+mod dag;
+mod sidebar;
+mod spec_form;
 
-pub use spec_checker::SpecChecker;
+pub use badge::Badge;
+pub use dag::Dag;
+pub use sidebar::Sidebar;
+pub use spec_form::StartForm;

@@ -1,21 +1,21 @@
-//! The workspace's landing page.
+//! The workspace's landing page: start a workflow.
 
 use leptos::prelude::*;
 
-use crate::components::SpecChecker;
+use crate::components::StartForm;
 
-/// What a person sees first: what cairn is, and a spec checker to try a workflow spec.
+/// What a person sees first: what cairn is, and the form to start a workflow.
 #[component]
 pub fn Home() -> impl IntoView {
     view! {
-        <section class="panel">
+        <section class="panel intro">
             <h1>"Workspace"</h1>
             <p class="lede">
-                "cairn runs multi-step workflows in the background, checkpoints every change and "
-                "picks up where it stopped after a crash. Write a spec below: it is checked as "
-                "you type, by the same code the server uses."
+                "Workflows run in the background, every change is checkpointed, and a crash or "
+                "a restart picks up where it stopped. Pick one on the left to watch it live, or "
+                "start a new one: the spec is checked as you type, by the same code the server uses."
             </p>
         </section>
-        <SpecChecker/>
+        <StartForm/>
     }
 }

@@ -24,8 +24,11 @@ pub struct Attempt {
     pub workflow_id: String,
     /// The step.
     pub step_id: String,
-    /// 1 for the first attempt.
+    /// 1 for the first attempt (restarts at 1 after a manual "retry step").
     pub attempt: u32,
+    /// Attempts the step has had in all, this one included (never restarts).
+    #[serde(skip)]
+    pub lifetime_attempt: u32,
     /// The step's role.
     pub role: String,
     /// The rendered task.
@@ -207,7 +210,9 @@ async fn simulate(
             _ = cancel.cancelled() => return Err(RunError::retryable("cancelled")),
         }
     }
-    if u64::from(a.attempt) <= fail_attempts {
+    // "Fails its first N attempts" counts every attempt the step ever had, so a manual
+    // retry of a step that failed for good can succeed.
+    if u64::from(a.lifetime_attempt.max(a.attempt)) <= fail_attempts {
         let error = a
             .params
             .get("error")
@@ -440,6 +445,7 @@ mod tests {
             workflow_id: "wf".into(),
             step_id: "s".into(),
             attempt: 1,
+            lifetime_attempt: 1,
             role: "r".into(),
             task: task.into(),
             inputs: BTreeMap::new(),
@@ -552,6 +558,7 @@ mod tests {
         let err = Runner::Simulate.run(&a, &sink, &c).await.unwrap_err();
         assert_eq!(err.message, "flaky");
         a.attempt = 2;
+        a.lifetime_attempt = 2;
         let out = Runner::Simulate.run(&a, &sink, &c).await.unwrap();
         assert_eq!(out.output, "Design login");
         assert_eq!(out.session_id.as_deref(), Some("sim-wf-s"));

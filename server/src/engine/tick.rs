@@ -492,6 +492,7 @@ impl Engine {
             workflow_id: workflow_id.to_string(),
             step_id: step_id.to_string(),
             attempt: step.attempt,
+            lifetime_attempt: step.attempts.len() as u32,
             role: def.role.clone(),
             task: step.task.clone().unwrap_or_default(),
             inputs: owned.state.inputs.clone(),

@@ -80,10 +80,16 @@ pub fn sse_response<S>(state: &AppState, frames: S, guard: StreamGuard) -> Respo
 where
     S: Stream<Item = Frame> + Send + 'static,
 {
-    let frames = frames.map(move |f| {
-        let _slot = &guard;
-        Ok::<_, Infallible>(f)
-    });
+    // Browsers wait 3 s by default before reconnecting; after a restart 1 s is kinder.
+    let retry = Frame::default().retry(Duration::from_secs(1));
+    let closing = state.closing.clone().cancelled_owned();
+    let frames = stream::iter([retry])
+        .chain(frames)
+        .take_until(closing)
+        .map(move |f| {
+            let _slot = &guard;
+            Ok::<_, Infallible>(f)
+        });
     let mut resp = Sse::new(frames)
         .keep_alive(
             KeepAlive::new()

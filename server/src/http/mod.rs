@@ -10,9 +10,14 @@ pub mod workflows;
 
 use std::sync::Arc;
 
-use app::{App, shell};
+use app::{
+    App,
+    data::{BoxFuture, DataSource, WorkspaceData, WorkspaceSnapshot},
+    shell,
+};
 use axum::{Router, extract::FromRef, routing::any};
-use leptos::prelude::LeptosOptions;
+use cairn::WorkflowState;
+use leptos::prelude::{LeptosOptions, provide_context};
 use leptos_axum::{LeptosRoutes, generate_route_list};
 use tower_http::trace::TraceLayer;
 
@@ -30,6 +35,9 @@ pub struct AppState {
     pub engine: EngineHandle,
     /// Open SSE streams, capped.
     pub streams: StreamLimits,
+    /// Cancelled when the server starts shutting down: live streams end then, or a
+    /// graceful shutdown would wait for them forever.
+    pub closing: tokio_util::sync::CancellationToken,
     /// This process's id, for health and (later) lease ownership.
     pub instance: Arc<str>,
     /// The configuration the server started with.
@@ -41,6 +49,7 @@ pub fn router(state: AppState) -> Router {
     let routes = generate_route_list(App);
     let api = Router::new()
         .merge(health::router())
+        .route("/api/roles", axum::routing::get(roles))
         .merge(workflows::router())
         .merge(events::router())
         .merge(compat::router())
@@ -50,16 +59,64 @@ pub fn router(state: AppState) -> Router {
 
     Router::new()
         .merge(api)
-        .leptos_routes(&state, routes, {
-            let options = state.leptos_options.clone();
-            move || shell(options.clone())
-        })
+        .leptos_routes_with_context(
+            &state,
+            routes,
+            {
+                let data: DataSource = Arc::new(PageData(state.clone()));
+                move || provide_context(data.clone())
+            },
+            {
+                let options = state.leptos_options.clone();
+                move || shell(options.clone())
+            },
+        )
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
         // Bodies over the spec limit (plus room for JSON overhead) are refused while reading,
         // as a 413 the handlers turn into the JSON error shape.
         .layer(axum::extract::DefaultBodyLimit::max(2 * 1024 * 1024))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// `GET /api/roles`: the role names a spec may use (the start form validates with them).
+async fn roles(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "roles": state.config.engine.role_names() }))
+}
+
+/// What the server-rendered pages read: the store, directly.
+struct PageData(AppState);
+
+impl WorkspaceData for PageData {
+    fn workspace(&self) -> BoxFuture<Result<WorkspaceSnapshot, String>> {
+        let store = self.0.store.clone();
+        Box::pin(async move {
+            let (last_event_id, workflows) = store.workspace_snapshot(200).await.map_err(|e| {
+                tracing::error!(error = format!("{e:#}"), "rendering the workspace");
+                "the workspace cannot be read right now".to_string()
+            })?;
+            Ok(WorkspaceSnapshot {
+                workflows,
+                last_event_id,
+            })
+        })
+    }
+
+    fn workflow(&self, id: String) -> BoxFuture<Result<Option<WorkflowState>, String>> {
+        let store = self.0.store.clone();
+        Box::pin(async move {
+            store.load(&id).await.map_err(|e| {
+                tracing::error!(error = format!("{e:#}"), "rendering a workflow");
+                "the workflow cannot be read right now".to_string()
+            })
+        })
+    }
+
+    fn roles(&self) -> Vec<String> {
+        self.0.config.engine.role_names().into_iter().collect()
+    }
 }
 
 async fn api_not_found() -> ApiError {

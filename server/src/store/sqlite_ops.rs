@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use anyhow::Context;
 use cairn::{Event, EventRecord, WorkflowState};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use sqlx::{Row, SqliteConnection};
 
 use super::types::{Change, Claimed, Fence, ListQuery, Outcome, Rejection, WorkflowSummary};
@@ -32,10 +32,15 @@ pub(super) async fn apply_change(
     let Change {
         workflow_id,
         fence,
-        events,
+        mut events,
         idempotency,
         base,
     } = change;
+    // Times are kept to the microsecond, in the log and in the state alike, so a state
+    // refolded from stored events equals the stored state exactly.
+    for s in &mut events {
+        s.at = s.at.trunc_subsecs(6);
+    }
 
     if let Some((key, hash)) = &idempotency {
         let seen: Option<(String, String)> =

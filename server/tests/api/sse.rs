@@ -77,11 +77,11 @@ impl Sse {
         }
     }
 
-    /// The next frame that is not a comment.
+    /// The next frame that carries an event (not a comment, not a bare `retry:`).
     async fn next_event(&mut self, wait: Duration) -> Option<Frame> {
         loop {
             let f = self.next(wait).await?;
-            if f.comment.is_none() {
+            if f.comment.is_none() && (f.event.is_some() || !f.data.is_empty()) {
                 return Some(f);
             }
         }
@@ -495,5 +495,22 @@ async fn the_dag_executions_stream_reports_substeps_counters_and_heartbeats() {
     assert_eq!(
         names.iter().find(|n| n.starts_with("execution.")).unwrap(),
         "execution.created"
+    );
+}
+
+#[tokio::test]
+async fn a_graceful_stop_ends_open_streams_instead_of_waiting_for_them() {
+    let app = spawn_app().await;
+    let id = start(&app, chain(1, 1)).await;
+    let mut sse = Sse::connect(&app, &format!("/api/workflows/{id}/events"), None).await;
+    assert!(sse.next_event(WAIT).await.is_some());
+    // With a stream open, stopping must still complete (it used to wait forever).
+    tokio::time::timeout(Duration::from_secs(10), app.stop())
+        .await
+        .expect("the server did not stop with a stream open")
+        .expect("clean stop");
+    assert!(
+        sse.next(Duration::from_secs(5)).await.is_none(),
+        "the stream is closed"
     );
 }

@@ -1,0 +1,218 @@
+import { test, expect, startServer, CairnServer } from "./fixtures";
+import { Page, APIRequestContext } from "@playwright/test";
+import { mkdirSync, writeFileSync, rmSync } from "node:fs";
+import path from "node:path";
+
+const shots = path.join(__dirname, "..", "screenshots");
+mkdirSync(shots, { recursive: true });
+
+async function startVia(request: APIRequestContext, spec: object): Promise<string> {
+  const res = await request.post("/api/workflows", { data: spec });
+  expect(res.status()).toBe(202);
+  return (await res.json()).id;
+}
+
+const step = (page: Page, id: string) => page.getByTestId(`step-${id}`);
+
+async function hydrated(page: Page) {
+  await expect(page.locator(".workspace")).toHaveAttribute("data-hydrated", "true");
+}
+
+test("lifecycle: start the example chain from the form and watch it complete live", async ({ page }) => {
+  const t0 = Date.now();
+  await page.goto("/");
+  const paint = await page.evaluate(() =>
+    performance.getEntriesByType("paint").find((e) => e.name === "first-contentful-paint")?.startTime ?? -1,
+  );
+  await hydrated(page);
+  const hydratedMs = Date.now() - t0;
+  await expect(page.getByTestId("connection")).toHaveText(/live/);
+  await page.evaluate(() => ((window as any).__noReload = true));
+
+  await page.getByRole("button", { name: "Start workflow" }).click();
+  await expect(page).toHaveURL(/\/workflows\/wf_/);
+  const tStart = Date.now();
+  await expect(page.getByTestId("workflow-name")).toHaveText("ship-login");
+
+  // It shows up in the sidebar, live.
+  const row = page.getByTestId("workflow-row").filter({ hasText: "ship-login" });
+  await expect(row).toHaveCount(1);
+
+  // Steps turn running, then completed, without a reload.
+  await expect(step(page, "design")).toHaveAttribute("data-status", "running");
+  const firstLiveMs = Date.now() - tStart;
+  await expect(step(page, "design")).toHaveAttribute("data-status", "completed", { timeout: 20_000 });
+  await expect(step(page, "implement")).toHaveAttribute("data-status", "running");
+  await expect(step(page, "implement").getByTestId("log-tail")).toBeVisible();
+  await page.setViewportSize({ width: 1280, height: 900 });
+  await page.screenshot({ path: path.join(shots, "workflow-running-light.png"), fullPage: true });
+  await expect(page.getByTestId("workflow-status")).toHaveText("completed", { timeout: 30_000 });
+  await expect(step(page, "test").getByTestId("output")).toHaveText("Test Build Design login", { useInnerText: false });
+  await expect(row.locator(".badge")).toHaveText("completed");
+  await expect(page.getByTestId("progress")).toHaveText("3/3 steps");
+  expect(await page.evaluate(() => (window as any).__noReload)).toBe(true);
+
+  await page.screenshot({ path: path.join(shots, "workflow-light.png"), fullPage: true });
+  await page.emulateMedia({ colorScheme: "dark" });
+  await page.screenshot({ path: path.join(shots, "workflow-dark.png"), fullPage: true });
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.screenshot({ path: path.join(shots, "workflow-phone-dark.png"), fullPage: true });
+
+  const timings = { first_contentful_paint_ms: Math.round(paint), hydrated_ms: hydratedMs, first_live_step_change_ms: firstLiveMs };
+  console.log("timings", JSON.stringify(timings));
+  writeFileSync(path.join(shots, "timings.json"), JSON.stringify(timings, null, 2));
+});
+
+test("failure: each attempt's error and the countdown show; Retry now and Retry step finish it", async ({ page, request }) => {
+  const id = await startVia(request, {
+    name: "flaky",
+    steps: [
+      { id: "call", role: "developer", task: "call the API",
+        retry: { max_attempts: 2, initial_interval_ms: 600000, max_interval_ms: 600000, jitter: false },
+        params: { duration_ms: 50, fail_attempts: 2, error: "503 upstream busy" } },
+    ],
+  });
+  await page.goto(`/workflows/${id}`);
+  await hydrated(page);
+  const call = step(page, "call");
+  await expect(call).toHaveAttribute("data-status", "retrying");
+  await expect(call.getByTestId("countdown")).toHaveText(/next attempt in (9|10)m/);
+  await expect(call.getByTestId("attempts")).toContainText("503 upstream busy");
+  await expect(page.getByTestId("workflow-row").filter({ hasText: "flaky" })).toContainText(/retry in/);
+
+  await call.getByRole("button", { name: "Retry call now" }).click();
+  await expect(page.getByTestId("notice")).toContainText("sent");
+  // Attempt 2 fails too: retries are exhausted and the workflow fails.
+  await expect(page.getByTestId("workflow-status")).toHaveText("failed");
+  await expect(call.getByTestId("attempts").locator("tbody tr")).toHaveCount(2);
+  await expect(page.getByTestId("workflow-error")).toContainText("503 upstream busy");
+
+  await call.getByRole("button", { name: "Retry step call" }).click();
+  await expect(page.getByTestId("workflow-status")).toHaveText("completed");
+  await expect(call.getByTestId("attempts").locator("tbody tr")).toHaveCount(3);
+});
+
+test("skip a paused step with an output, and cancel a running workflow", async ({ page, request }) => {
+  const paused = await startVia(request, {
+    name: "needs-a-person",
+    steps: [
+      { id: "lint", role: "developer", task: "lint",
+        retry: { max_attempts: 1, on_exhausted: "pause" },
+        params: { duration_ms: 20, fail_attempts: 9, error: "linter crashed" } },
+      { id: "ship", role: "developer", task: "ship after [{lint.output}]", deps: ["lint"], params: { duration_ms: 20 } },
+    ],
+  });
+  await page.goto(`/workflows/${paused}`);
+  await hydrated(page);
+  await expect(page.getByTestId("workflow-status")).toHaveText("paused");
+  await step(page, "lint").getByRole("button", { name: "Skip step lint" }).click();
+  await step(page, "lint").getByLabel("Output to use instead (optional)").fill("looks fine");
+  await step(page, "lint").getByRole("button", { name: "Skip it" }).click();
+  await expect(page.getByTestId("workflow-status")).toHaveText("completed");
+  await expect(step(page, "lint")).toHaveAttribute("data-status", "skipped");
+  await expect(step(page, "ship").getByTestId("output")).toHaveText("ship after [looks fine]", { useInnerText: false });
+
+  const long = await startVia(request, {
+    name: "too-long",
+    steps: [{ id: "wait", role: "developer", task: "wait", params: { duration_ms: 600000 } }],
+  });
+  await page.goto(`/workflows/${long}`);
+  await hydrated(page);
+  await expect(step(page, "wait")).toHaveAttribute("data-status", "running");
+  await page.getByRole("button", { name: "Cancel workflow" }).click();
+  await expect(page.getByTestId("workflow-status")).toHaveText("cancelled");
+  await expect(step(page, "wait")).toHaveAttribute("data-status", "cancelled");
+  await expect(page.getByRole("button", { name: "Cancel workflow" })).toBeDisabled();
+  await expect(page.getByRole("button", { name: "Resume workflow" })).toBeEnabled();
+});
+
+test("a bad spec shows inline errors at their paths and sends nothing", async ({ page }) => {
+  const posts: string[] = [];
+  page.on("request", (r) => r.method() === "POST" && posts.push(r.url()));
+  await page.goto("/");
+  await hydrated(page);
+  await page.getByLabel("Spec (JSON or YAML)").fill(
+    JSON.stringify({ steps: [{ id: "a", role: "wizard", task: "{ghost.output}" }, { id: "a", role: "developer", task: "x", deps: ["nope"] }] }),
+  );
+  const errors = page.getByTestId("spec-errors");
+  await expect(errors).toContainText("steps[0].role");
+  await expect(errors).toContainText("wizard");
+  await expect(errors).toContainText("steps[1].deps[0]");
+  const start = page.getByRole("button", { name: "Start workflow" });
+  await expect(start).toBeDisabled();
+  await page.getByLabel("Spec (JSON or YAML)").press("Enter");
+  await page.screenshot({ path: path.join(shots, "start-errors-light.png"), fullPage: true });
+  expect(posts).toEqual([]);
+});
+
+test("history: clicking an event shows the workflow as it was then", async ({ page, request }) => {
+  const id = await startVia(request, {
+    name: "timeline",
+    steps: [
+      { id: "one", role: "developer", task: "1", params: { duration_ms: 10 } },
+      { id: "two", role: "developer", task: "2", deps: ["one"], params: { duration_ms: 10 } },
+    ],
+  });
+  await page.goto(`/workflows/${id}`);
+  await hydrated(page);
+  await expect(page.getByTestId("workflow-status")).toHaveText("completed");
+  await page.getByRole("button", { name: "Show events" }).click();
+  const items = page.getByTestId("timeline").locator("li");
+  await expect(items.first()).toContainText("workflow.created");
+  await items.filter({ hasText: "step.completed" }).first().click();
+  await expect(page.getByTestId("time-travel")).toContainText("Viewing the workflow as it was");
+  await expect(step(page, "one")).toHaveAttribute("data-status", "completed");
+  await expect(step(page, "two")).toHaveAttribute("data-status", "pending");
+  await page.getByRole("button", { name: "Back to live" }).click();
+  await expect(step(page, "two")).toHaveAttribute("data-status", "completed");
+});
+
+test("restart: the page says reconnecting, then catches up without showing an event twice", async ({ browser }) => {
+  let server: CairnServer = await startServer();
+  const port = Number(new URL(server.baseURL).port);
+  const context = await browser.newContext({ baseURL: server.baseURL });
+  const page = await context.newPage();
+  try {
+    const res = await page.request.post("/api/workflows", {
+      data: {
+        name: "survivor",
+        steps: [
+          { id: "a", role: "developer", task: "A", params: { duration_ms: 1500 } },
+          { id: "b", role: "developer", task: "B {a.output}", deps: ["a"], params: { duration_ms: 1500 } },
+          { id: "c", role: "developer", task: "C {b.output}", deps: ["b"], params: { duration_ms: 500 } },
+        ],
+      },
+    });
+    const id = (await res.json()).id;
+    await page.goto(`/workflows/${id}`);
+    await hydrated(page);
+    await expect(page.getByTestId("stream-connection")).toHaveText("live");
+    await expect(step(page, "a")).toHaveAttribute("data-status", "running");
+
+    await server.stop();
+    await expect(page.getByTestId("stream-connection")).toHaveText(/reconnecting/);
+    await expect(page.getByTestId("connection")).toHaveText(/reconnecting/);
+    await page.screenshot({ path: path.join(shots, "reconnecting-light.png") });
+
+    server = await startServer(server.dbPath, port);
+    await expect(page.getByTestId("stream-connection")).toHaveText("live", { timeout: 20_000 });
+    await expect(page.getByTestId("workflow-status")).toHaveText("completed", { timeout: 30_000 });
+    await expect(step(page, "c").getByTestId("output")).toHaveText("C B A", { useInnerText: false });
+
+    // The page's folded state equals the server's, and its timeline has every event once.
+    const serverState = await (await page.request.get(`/api/workflows/${id}`)).json();
+    expect(serverState.status).toBe("completed");
+    await page.getByRole("button", { name: "Show events" }).click();
+    const ids = await page.getByTestId("timeline").locator(".tl-id").allInnerTexts();
+    expect(new Set(ids).size).toBe(ids.length);
+    const history = (await (await page.request.get(`/api/workflows/${id}/history`)).json()).events;
+    expect(ids.length).toBe(history.length);
+    const types = history.map((e: any) => e.type);
+    expect(types).toContain("workflow.stalled");
+    expect(types).toContain("workflow.resumed");
+  } finally {
+    await context.close();
+    await server.stop();
+    rmSync(path.dirname(server.dbPath), { recursive: true, force: true });
+  }
+});
