@@ -29,25 +29,6 @@ impl Connection {
     }
 }
 
-/// Every frame type the contract's streams carry.
-#[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
-pub const EVENT_TYPES: [&str; 14] = [
-    "snapshot",
-    "workflow.created",
-    "workflow.started",
-    "step.started",
-    "step.log",
-    "step.retrying",
-    "step.completed",
-    "step.failed",
-    "step.skipped",
-    "workflow.completed",
-    "workflow.failed",
-    "workflow.cancelled",
-    "workflow.stalled",
-    "workflow.resumed",
-];
-
 #[cfg(feature = "hydrate")]
 pub use browser::LiveStream;
 
@@ -58,7 +39,7 @@ mod browser {
     use wasm_bindgen::{JsCast, prelude::Closure};
     use web_sys::{EventSource, MessageEvent};
 
-    use super::{Connection, EVENT_TYPES};
+    use super::Connection;
 
     type OnEvent = Rc<dyn Fn(&str, &str, i64)>;
     type OnConnection = Rc<dyn Fn(Connection)>;
@@ -126,8 +107,10 @@ mod browser {
                 self.retry_later();
                 return;
             };
-            let mut listeners = Vec::with_capacity(EVENT_TYPES.len());
-            for ty in EVENT_TYPES {
+            // The snapshot frame, then every event type the model defines.
+            let types = std::iter::once("snapshot").chain(cairn::Event::TYPE_NAMES);
+            let mut listeners = Vec::with_capacity(cairn::Event::TYPE_NAMES.len() + 1);
+            for ty in types {
                 let me = self.clone();
                 let cb = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
                     let data = e.data().as_string().unwrap_or_default();

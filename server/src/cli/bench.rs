@@ -148,7 +148,8 @@ impl Harness {
     }
 }
 
-fn chain_spec(i: usize, duration_ms: u64) -> Value {
+/// The benchmark chain: design → implement → test, each step waiting `duration_ms`.
+pub(super) fn chain_spec(i: usize, duration_ms: u64) -> Value {
     let p = json!({ "duration_ms": duration_ms });
     json!({ "name": format!("chain-{i}"), "steps": [
         { "id": "design", "role": "architect", "task": format!("Design goal-{i}"), "params": p },

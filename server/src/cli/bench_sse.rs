@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use super::bench::{percentile, round3, spawn_server};
+use super::bench::{chain_spec, percentile, round3, spawn_server};
 use crate::config::DEFAULT_CONFIG_TOML;
 
 /// Clients connecting at once while the crowd is built.
@@ -134,12 +134,7 @@ pub async fn run(dir: &Path, clients: usize, workflows: usize) -> anyhow::Result
     let started = Instant::now();
     let mut ids = Vec::new();
     for i in 0..workflows {
-        let p = json!({ "duration_ms": 10 });
-        let spec = json!({ "name": format!("chain-{i}"), "steps": [
-            { "id": "design", "role": "architect", "task": format!("Design goal-{i}"), "params": p },
-            { "id": "implement", "role": "developer", "task": "Build {design.output}", "deps": ["design"], "params": p },
-            { "id": "test", "role": "tester", "task": "Test {implement.output}", "deps": ["implement"], "params": p }
-        ]});
+        let spec = chain_spec(i, 10);
         let r: Value = http
             .post(format!("{url}/api/workflows"))
             .json(&spec)

@@ -23,14 +23,14 @@ use axum::{
     response::{Response, sse::Event as Frame},
     routing::{get, post},
 };
-use cairn::{Event, EventRecord, ParseOptions, WorkflowState, WorkflowStatus};
+use cairn::{Event, EventRecord, WorkflowState, WorkflowStatus};
 use futures::{Stream, StreamExt, stream};
 use serde_json::{Map, Value, json};
 
 use super::{
     ApiError, AppState, ErrorDetail,
     events::{admit, resume_point, sse_response},
-    workflows::create,
+    workflows::{create, parse_options},
 };
 use crate::live::Feed;
 
@@ -68,13 +68,7 @@ async fn invoke_async(
             }],
         });
     };
-    let engine = &state.config.engine;
-    let opts = ParseOptions {
-        known_roles: Some(engine.role_names()),
-        base_retry: engine.retry.clone(),
-        default_timeout_s: engine.default_timeout_s,
-        ..ParseOptions::default()
-    };
+    let opts = parse_options(&state);
     let spec = cairn::parse_spec_value(workflow, &opts).map_err(|errors| {
         let n = errors.errors.len();
         ApiError::InvalidSpec {

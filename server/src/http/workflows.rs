@@ -116,6 +116,17 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(s.to_string()))
 }
 
+/// How specs are parsed on this server: its roles, its retry defaults, its timeout.
+pub fn parse_options(state: &AppState) -> ParseOptions {
+    let engine = &state.config.engine;
+    ParseOptions {
+        known_roles: Some(engine.role_names()),
+        base_retry: engine.retry.clone(),
+        default_timeout_s: engine.default_timeout_s,
+        ..ParseOptions::default()
+    }
+}
+
 /// Parses a start request's body into a spec: JSON (400 when it is not JSON at all) or YAML,
 /// then the model's validation (422 with every problem and its path).
 fn parse_body(
@@ -127,13 +138,7 @@ fn parse_body(
         message: "the body is not UTF-8 text".into(),
         details: vec![],
     })?;
-    let engine = &state.config.engine;
-    let opts = ParseOptions {
-        known_roles: Some(engine.role_names()),
-        base_retry: engine.retry.clone(),
-        default_timeout_s: engine.default_timeout_s,
-        ..ParseOptions::default()
-    };
+    let opts = parse_options(state);
     if text.len() > opts.limits.max_spec_bytes {
         return Err(ApiError::PayloadTooLarge(format!(
             "the spec is larger than {} bytes",

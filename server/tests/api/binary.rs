@@ -1,10 +1,11 @@
 //! The `cairn` binary itself: start-up messages, signals and exit codes.
 
 use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
+
+use crate::helpers::serve_binary;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cairn");
 
@@ -12,29 +13,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_cairn");
 fn cairn_serve_starts_on_a_free_port_and_exits_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("cairn.db");
-    let mut child = Command::new(BIN)
-        .args(["serve", "--addr", "127.0.0.1:0", "--database-url"])
-        .arg(format!("sqlite://{}", db.display()))
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-
-    // The log line says where it listens; read it with a deadline, not a sleep.
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(i) = line.find("listening on http://") {
-                let rest = &line[i + "listening on ".len()..];
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("cairn never said where it listens");
+    let (mut child, url) = serve_binary(&db);
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
     assert!(db.exists(), "database file not created");
 

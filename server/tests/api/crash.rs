@@ -3,39 +3,12 @@
 
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_cairn");
-
-fn serve(db: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--addr", "127.0.0.1:0", "--database-url"])
-        .arg(format!("sqlite://{}", db.display()))
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(i) = line.find("listening on http://") {
-                let rest = &line[i + "listening on ".len()..];
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("cairn did not start");
-    (child, url)
-}
+use crate::helpers::serve_binary;
 
 async fn snapshot(client: &reqwest::Client, url: &str, id: &str) -> Value {
     client
@@ -64,7 +37,7 @@ async fn a_killed_server_resumes_every_workflow_without_rerunning_completed_step
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("cairn.db");
     let client = reqwest::Client::new();
-    let (mut first, url) = serve(&db);
+    let (mut first, url) = serve_binary(&db);
 
     // Three kinds of workflow, several of each: one mid-step, one in backoff, one whose last
     // step waits on a running dependency.
@@ -126,7 +99,7 @@ async fn a_killed_server_resumes_every_workflow_without_rerunning_completed_step
     first.kill().unwrap(); // SIGKILL: no goodbye, no cleanup
     first.wait().unwrap();
 
-    let (mut second, url) = serve(&db);
+    let (mut second, url) = serve_binary(&db);
     let deadline = Instant::now() + Duration::from_secs(60);
     for (_, id) in &ids {
         loop {

@@ -110,3 +110,32 @@ async fn start(
     let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     (address, shutdown, handle)
 }
+
+/// Starts the real `cairn` binary on a free port with the SQLite file `db`; returns the
+/// child (kill it to stop) and its `http://127.0.0.1:PORT`, read from its start-up log line
+/// with a deadline rather than a sleep.
+pub fn serve_binary(db: &std::path::Path) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--database-url"])
+        .arg(format!("sqlite://{}", db.display()))
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting cairn");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(i) = line.find("listening on http://") {
+                let rest = &line[i + "listening on ".len()..];
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("cairn never said where it listens");
+    (child, url)
+}
