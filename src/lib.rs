@@ -21,7 +21,7 @@
 //! - [`state`]: [`WorkflowState`] and its fold [`WorkflowState::apply`], plus the derived
 //!   queries a scheduler and a UI need (ready steps, next wake-up, progress).
 //! - [`summary`]: [`WorkflowSummary`], the list view derived from a state.
-//! - [`retry`]: backoff maths and error classification for [`RetryPolicy`].
+//! - [`retry`]: the retry policy ([`RetryPolicy`], [`RetryOverrides`]) and its maths.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -1,11 +1,172 @@
-//! Retry maths for [`RetryPolicy`]: how long to wait, whether an error is worth retrying,
-//! and the decision that combines both.
+//! The retry policy: its shape ([`RetryPolicy`], the partial [`RetryOverrides`] a spec
+//! sets, [`OnExhausted`]) and its maths: how long to wait, whether an error is worth
+//! retrying, and the decision that combines both.
 //!
 //! Pure: randomness comes in as a number in `[0, 1)` so tests (and replays) are exact.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
-use crate::spec::RetryPolicy;
+use crate::spec::Limits;
+
+/// The longest wait a retry policy may name, in milliseconds (a day): larger numbers are typos.
+pub const MAX_INTERVAL_MS: u64 = 86_400_000;
+/// The largest accepted `backoff_factor`.
+pub const MAX_BACKOFF_FACTOR: f64 = 100.0;
+
+/// What happens when a step has failed for good (retries exhausted or a final error).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnExhausted {
+    /// Fail the step and then the workflow.
+    #[default]
+    Fail,
+    /// Fail the step but hold the workflow (`paused`) for a person to retry, skip or cancel.
+    Pause,
+}
+
+impl OnExhausted {
+    /// The wire name (`fail` / `pause`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnExhausted::Fail => "fail",
+            OnExhausted::Pause => "pause",
+        }
+    }
+}
+
+/// How a step is retried. Resolved per step: step `retry` over spec `defaults.retry` over the
+/// server's configured base policy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(default)]
+pub struct RetryPolicy {
+    /// Attempts in total, the first one included (1 = never retry).
+    pub max_attempts: u32,
+    /// The wait before the second attempt.
+    pub initial_interval_ms: u64,
+    /// Each later wait is the previous one times this.
+    pub backoff_factor: f64,
+    /// No wait is longer than this.
+    pub max_interval_ms: u64,
+    /// Randomise each wait between half and all of it ("equal jitter"), so that many
+    /// workflows failing together do not retry in lock-step.
+    pub jitter: bool,
+    /// Case-insensitive substrings that make an error final (never retried). Empty entries
+    /// are ignored.
+    pub non_retryable: Vec<String>,
+    /// What to do once the step has failed for good.
+    pub on_exhausted: OnExhausted,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 3,
+            initial_interval_ms: 1000,
+            backoff_factor: 2.0,
+            max_interval_ms: 30_000,
+            jitter: true,
+            non_retryable: [
+                "validation failed",
+                "invalid configuration",
+                "unauthorized",
+                "forbidden",
+            ]
+            .map(String::from)
+            .to_vec(),
+            on_exhausted: OnExhausted::Fail,
+        }
+    }
+}
+
+/// A partial [`RetryPolicy`]: what a spec's `defaults.retry` or a step's `retry` sets.
+/// `None` keeps the value underneath.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryOverrides {
+    /// See [`RetryPolicy::max_attempts`].
+    pub max_attempts: Option<u32>,
+    /// See [`RetryPolicy::initial_interval_ms`].
+    pub initial_interval_ms: Option<u64>,
+    /// See [`RetryPolicy::backoff_factor`].
+    pub backoff_factor: Option<f64>,
+    /// See [`RetryPolicy::max_interval_ms`].
+    pub max_interval_ms: Option<u64>,
+    /// See [`RetryPolicy::jitter`].
+    pub jitter: Option<bool>,
+    /// See [`RetryPolicy::non_retryable`]; replaces the list underneath, it does not extend it.
+    pub non_retryable: Option<Vec<String>>,
+    /// See [`RetryPolicy::on_exhausted`].
+    pub on_exhausted: Option<OnExhausted>,
+}
+
+impl RetryPolicy {
+    /// This policy with every field that `o` sets replaced.
+    pub fn overlay(&self, o: &RetryOverrides) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: o.max_attempts.unwrap_or(self.max_attempts),
+            initial_interval_ms: o.initial_interval_ms.unwrap_or(self.initial_interval_ms),
+            backoff_factor: o.backoff_factor.unwrap_or(self.backoff_factor),
+            max_interval_ms: o.max_interval_ms.unwrap_or(self.max_interval_ms),
+            jitter: o.jitter.unwrap_or(self.jitter),
+            non_retryable: o
+                .non_retryable
+                .clone()
+                .unwrap_or_else(|| self.non_retryable.clone()),
+            on_exhausted: o.on_exhausted.unwrap_or(self.on_exhausted),
+        }
+    }
+
+    /// Everything wrong with this policy's numbers, as `(field, message)` pairs; empty when it
+    /// is fine. Spec parsing applies the same rules with JSON paths; the server can use this to
+    /// check the base policy from its own configuration at start-up.
+    pub fn problems(&self, limits: &Limits) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if !(1..=limits.max_attempts).contains(&self.max_attempts) {
+            out.push((
+                "max_attempts",
+                range_message(1, u64::from(limits.max_attempts), self.max_attempts),
+            ));
+        }
+        if self.initial_interval_ms > MAX_INTERVAL_MS {
+            out.push((
+                "initial_interval_ms",
+                range_message(0, MAX_INTERVAL_MS, self.initial_interval_ms),
+            ));
+        }
+        if !(1.0..=MAX_BACKOFF_FACTOR).contains(&self.backoff_factor) {
+            out.push(("backoff_factor", factor_message(self.backoff_factor)));
+        }
+        if self.max_interval_ms > MAX_INTERVAL_MS {
+            out.push((
+                "max_interval_ms",
+                range_message(0, MAX_INTERVAL_MS, self.max_interval_ms),
+            ));
+        } else if self.max_interval_ms < self.initial_interval_ms {
+            out.push(("max_interval_ms", interval_order_message(self)));
+        }
+        out
+    }
+}
+
+/// The message for a whole number outside `min..=max`.
+pub(crate) fn range_message(min: u64, max: u64, found: impl fmt::Display) -> String {
+    format!("expected a whole number between {min} and {max}, found {found}")
+}
+
+/// The message for a `backoff_factor` outside its range.
+pub(crate) fn factor_message(found: f64) -> String {
+    format!("expected a number between 1 and {MAX_BACKOFF_FACTOR}, found {found}")
+}
+
+/// The message for `max_interval_ms < initial_interval_ms`.
+pub(crate) fn interval_order_message(p: &RetryPolicy) -> String {
+    format!(
+        "max_interval_ms ({}) is smaller than initial_interval_ms ({})",
+        p.max_interval_ms, p.initial_interval_ms
+    )
+}
 
 /// Whether an error is worth another attempt.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::{DEFAULT_CONFIG_TOML, EngineConfig},
     engine::{Engine, EngineSettings},
-    store::{Change, Outcome, Stamped, Store},
+    store::{Change, Outcome, Store},
 };
 
 /// The workloads.
@@ -122,23 +122,9 @@ impl Harness {
     async fn create(&self, spec: &Value) -> anyhow::Result<String> {
         let spec = cairn::parse_spec_value(spec, &ParseOptions::default())
             .map_err(|e| anyhow::anyhow!("bench spec invalid: {:?}", e.errors))?;
-        let id = format!("wf_{}", uuid::Uuid::new_v4().simple());
-        let out = self
-            .store
-            .commit(vec![Change {
-                workflow_id: id.clone(),
-                fence: None,
-                events: vec![Stamped {
-                    at: Utc::now(),
-                    event: Event::WorkflowCreated {
-                        spec,
-                        by: Some("bench".into()),
-                    },
-                }],
-                idempotency: None,
-                base: None,
-            }])
-            .await?;
+        let change = Change::created(spec, Some("bench".into()), None);
+        let id = change.workflow_id.clone();
+        let out = self.store.commit(vec![change]).await?;
         ensure!(
             matches!(out.first(), Some(Outcome::Committed { .. })),
             "create refused"
@@ -318,20 +304,10 @@ async fn resume(db: &Path, n: usize) -> anyhow::Result<Value> {
     let client = reqwest::Client::new();
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
-        let p = json!({ "duration_ms": 1 });
-        let spec = json!({ "name": format!("chain-{i}"), "steps": [
-            { "id": "design", "role": "architect", "task": format!("Design goal-{i}"), "params": p },
-            { "id": "implement", "role": "developer", "task": "Build {design.output}", "deps": ["design"], "params": { "duration_ms": 3000 } },
-            { "id": "test", "role": "tester", "task": "Test {implement.output}", "deps": ["implement"], "params": p }
-        ]});
-        let r: Value = client
-            .post(format!("{url}/api/workflows"))
-            .json(&spec)
-            .send()
-            .await?
-            .json()
-            .await?;
-        ids.push(r["id"].as_str().context("no id")?.to_string());
+        // A long `implement`, so every workflow is inside it when the server is killed.
+        let mut spec = chain_spec(i, 1);
+        spec["steps"][1]["params"]["duration_ms"] = json!(3000);
+        ids.push(post_workflow(&client, &url, &spec).await?);
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -412,6 +388,22 @@ async fn resume(db: &Path, n: usize) -> anyhow::Result<Value> {
     // Start-up to the last workflow resumed; wall_s also re-runs each interrupted 3 s step.
     r["takeover_ms"] = json!(round3(takeover_ms));
     Ok(r)
+}
+
+/// `POST /api/workflows` on a running server; returns the new id.
+pub(super) async fn post_workflow(
+    client: &reqwest::Client,
+    url: &str,
+    spec: &Value,
+) -> anyhow::Result<String> {
+    let r: Value = client
+        .post(format!("{url}/api/workflows"))
+        .json(spec)
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(r["id"].as_str().context("no id in the answer")?.to_string())
 }
 
 /// Starts `cairn serve` (this very binary) on a free port; returns it and its URL.

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use super::bench::{chain_spec, percentile, round3, spawn_server};
+use super::bench::{chain_spec, percentile, post_workflow, round3, spawn_server};
 use crate::config::DEFAULT_CONFIG_TOML;
 
 /// Clients connecting at once while the crowd is built.
@@ -134,15 +134,7 @@ pub async fn run(dir: &Path, clients: usize, workflows: usize) -> anyhow::Result
     let started = Instant::now();
     let mut ids = Vec::new();
     for i in 0..workflows {
-        let spec = chain_spec(i, 10);
-        let r: Value = http
-            .post(format!("{url}/api/workflows"))
-            .json(&spec)
-            .send()
-            .await?
-            .json()
-            .await?;
-        ids.push(r["id"].as_str().context("no id")?.to_string());
+        ids.push(post_workflow(&http, &url, &chain_spec(i, 10)).await?);
     }
     // Done when every workflow is, and the clients have had every frame.
     let page: Value = loop {

@@ -10,8 +10,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use cairn::{Event, ParseOptions, WorkflowState, WorkflowStatus};
-use chrono::Utc;
+use cairn::{ParseOptions, WorkflowState, WorkflowStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -19,7 +18,7 @@ use sha2::{Digest, Sha256};
 use super::{ApiError, AppState, ErrorDetail};
 use crate::{
     engine::{Control, ControlError},
-    store::{Change, ListQuery, Outcome, Rejection, Stamped, WorkflowSummary},
+    store::{Change, ListQuery, Outcome, Rejection, WorkflowSummary},
 };
 
 /// Longest accepted `Idempotency-Key`.
@@ -203,21 +202,9 @@ pub async fn create(
     key: Option<String>,
     body: &[u8],
 ) -> Result<(String, WorkflowStatus, bool), ApiError> {
-    let id = format!("wf_{}", uuid::Uuid::new_v4().simple());
     let idempotency = key.map(|k| (k, hex(&Sha256::digest(body))));
-    let change = Change {
-        workflow_id: id.clone(),
-        fence: None,
-        events: vec![Stamped {
-            at: Utc::now(),
-            event: Event::WorkflowCreated {
-                spec,
-                by: Some("api".into()),
-            },
-        }],
-        idempotency,
-        base: None,
-    };
+    let change = Change::created(spec, Some("api".into()), idempotency);
+    let id = change.workflow_id.clone();
     match state.store.commit(vec![change]).await?.pop() {
         Some(Outcome::Committed { state: wf, .. }) => {
             state.engine.wake();

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use cairn::{EventRecord, WorkflowState};
 use chrono::{DateTime, Utc};
+use sqlx::{Sqlite, pool::PoolConnection};
 use tokio::sync::broadcast;
 
 pub use sqlite::SqliteStore;
@@ -96,34 +97,40 @@ impl Store {
         }
     }
 
+    /// A connection from the readers' pool.
+    async fn reader(&self) -> anyhow::Result<PoolConnection<Sqlite>> {
+        match &self.backend {
+            Backend::Sqlite(s, _) => s.pool().acquire().await.context("acquiring a connection"),
+        }
+    }
+
+    /// The one write connection (lease upkeep outside the group commit).
+    async fn writer(&self) -> anyhow::Result<PoolConnection<Sqlite>> {
+        match &self.backend {
+            Backend::Sqlite(s, _) => s
+                .write_pool()
+                .acquire()
+                .await
+                .context("acquiring the writer"),
+        }
+    }
+
     /// A workflow's committed state.
     pub async fn load(&self, id: &str) -> anyhow::Result<Option<WorkflowState>> {
-        match &self.backend {
-            Backend::Sqlite(s, _) => {
-                let mut conn = s.pool().acquire().await.context("acquiring a connection")?;
-                sqlite_ops::load_state(&mut conn, id).await
-            }
-        }
+        let mut conn = self.reader().await?;
+        sqlite_ops::load_state(&mut conn, id).await
     }
 
     /// Workflow summaries, newest first.
     pub async fn list(&self, q: &ListQuery) -> anyhow::Result<Vec<WorkflowSummary>> {
-        match &self.backend {
-            Backend::Sqlite(s, _) => {
-                let mut conn = s.pool().acquire().await.context("acquiring a connection")?;
-                sqlite_ops::list(&mut conn, q).await
-            }
-        }
+        let mut conn = self.reader().await?;
+        sqlite_ops::list(&mut conn, q).await
     }
 
     /// A workflow's events after `after` (0 = all), in order.
     pub async fn history(&self, id: &str, after: i64) -> anyhow::Result<Vec<EventRecord>> {
-        match &self.backend {
-            Backend::Sqlite(s, _) => {
-                let mut conn = s.pool().acquire().await.context("acquiring a connection")?;
-                sqlite_ops::history(&mut conn, id, after).await
-            }
-        }
+        let mut conn = self.reader().await?;
+        sqlite_ops::history(&mut conn, id, after).await
     }
 
     /// Events after `after` (of one workflow, or of all), oldest first, at most `limit`.
@@ -133,12 +140,8 @@ impl Store {
         after: i64,
         limit: u32,
     ) -> anyhow::Result<Vec<EventRecord>> {
-        match &self.backend {
-            Backend::Sqlite(s, _) => {
-                let mut conn = s.pool().acquire().await.context("acquiring a connection")?;
-                sqlite_ops::events_after(&mut conn, workflow_id, after, limit).await
-            }
-        }
+        let mut conn = self.reader().await?;
+        sqlite_ops::events_after(&mut conn, workflow_id, after, limit).await
     }
 
     /// The newest workflows and the log position they reflect, read in one transaction so
@@ -183,29 +186,13 @@ impl Store {
 
     /// Extends `owner`'s leases to `expires`; returns the workflows it still holds.
     pub async fn renew(&self, owner: &str, expires: DateTime<Utc>) -> anyhow::Result<Vec<String>> {
-        match &self.backend {
-            Backend::Sqlite(s, _) => {
-                let mut conn = s
-                    .write_pool()
-                    .acquire()
-                    .await
-                    .context("acquiring the writer")?;
-                sqlite_ops::renew(&mut conn, owner, expires).await
-            }
-        }
+        let mut conn = self.writer().await?;
+        sqlite_ops::renew(&mut conn, owner, expires).await
     }
 
     /// Gives up `owner`'s lease on a workflow.
     pub async fn release(&self, owner: &str, workflow_id: &str) -> anyhow::Result<()> {
-        match &self.backend {
-            Backend::Sqlite(s, _) => {
-                let mut conn = s
-                    .write_pool()
-                    .acquire()
-                    .await
-                    .context("acquiring the writer")?;
-                sqlite_ops::release(&mut conn, owner, workflow_id).await
-            }
-        }
+        let mut conn = self.writer().await?;
+        sqlite_ops::release(&mut conn, owner, workflow_id).await
     }
 }

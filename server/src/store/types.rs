@@ -43,6 +43,26 @@ pub struct Change {
     pub base: Option<Box<WorkflowState>>,
 }
 
+impl Change {
+    /// The change that creates a workflow: a new id (`wf_…`) and its `workflow.created`.
+    pub fn created(
+        spec: cairn::ValidSpec,
+        by: Option<String>,
+        idempotency: Option<(String, String)>,
+    ) -> Self {
+        Self {
+            workflow_id: format!("wf_{}", uuid::Uuid::new_v4().simple()),
+            fence: None,
+            events: vec![Stamped {
+                at: chrono::Utc::now(),
+                event: Event::WorkflowCreated { spec, by },
+            }],
+            idempotency,
+            base: None,
+        }
+    }
+}
+
 /// What became of a [`Change`].
 #[derive(Debug, Clone)]
 pub enum Outcome {

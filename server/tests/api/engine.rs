@@ -1,12 +1,11 @@
 //! The engine driven step by step through `tick()`: no server, no sleeps.
 
 use cairn::{Event, ParseOptions, StepStatus, WorkflowStatus};
-use chrono::Utc;
 use serde_json::json;
 use server::{
     config::{DEFAULT_CONFIG_TOML, EngineConfig},
     engine::{Engine, EngineSettings},
-    store::{Change, Outcome, Stamped, Store},
+    store::{Change, Outcome, Store},
 };
 
 async fn store(dir: &tempfile::TempDir) -> Store {
@@ -29,20 +28,9 @@ fn engine(store: &Store, instance: &str, steal: bool) -> Engine {
 
 async fn create(store: &Store, spec: serde_json::Value) -> String {
     let spec = cairn::parse_spec_value(&spec, &ParseOptions::default()).unwrap();
-    let id = format!("wf_{}", uuid::Uuid::new_v4().simple());
-    let out = store
-        .commit(vec![Change {
-            workflow_id: id.clone(),
-            fence: None,
-            events: vec![Stamped {
-                at: Utc::now(),
-                event: Event::WorkflowCreated { spec, by: None },
-            }],
-            idempotency: None,
-            base: None,
-        }])
-        .await
-        .unwrap();
+    let change = Change::created(spec, None, None);
+    let id = change.workflow_id.clone();
+    let out = store.commit(vec![change]).await.unwrap();
     assert!(matches!(out[0], Outcome::Committed { .. }));
     id
 }

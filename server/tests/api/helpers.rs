@@ -42,6 +42,26 @@ impl TestApp {
             .expect("request failed")
     }
 
+    /// Starts a workflow (expecting a 202) and returns its id.
+    pub async fn start(&self, spec: serde_json::Value) -> String {
+        let resp = self.post("/api/workflows", &spec).await;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(status, 202, "{body}");
+        body["id"].as_str().unwrap().to_string()
+    }
+
+    /// A workflow's event log, as `GET .../history` lists it.
+    pub async fn history(&self, id: &str) -> Vec<serde_json::Value> {
+        let h: serde_json::Value = self
+            .get(&format!("/api/workflows/{id}/history"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        h["events"].as_array().unwrap().clone()
+    }
+
     /// Stops the server and starts a new one on the same database (a new port, a new
     /// instance id), as after a restart.
     pub async fn restart(&mut self) {

@@ -90,15 +90,6 @@ impl Sse {
 
 const WAIT: Duration = Duration::from_secs(20);
 
-async fn start(app: &TestApp, spec: Value) -> String {
-    let resp = app.post("/api/workflows", &spec).await;
-    assert_eq!(resp.status(), 202);
-    resp.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 /// A chain long enough to be interrupted: n steps, each logging a few lines.
 fn chain(n: usize, duration_ms: u64) -> Value {
     let steps: Vec<Value> = (0..n)
@@ -115,15 +106,8 @@ fn chain(n: usize, duration_ms: u64) -> Value {
 }
 
 async fn history_ids(app: &TestApp, id: &str) -> Vec<i64> {
-    let h: Value = app
-        .get(&format!("/api/workflows/{id}/history"))
+    app.history(id)
         .await
-        .json()
-        .await
-        .unwrap();
-    h["events"]
-        .as_array()
-        .unwrap()
         .iter()
         .map(|e| e["id"].as_i64().unwrap())
         .collect()
@@ -132,7 +116,7 @@ async fn history_ids(app: &TestApp, id: &str) -> Vec<i64> {
 #[tokio::test]
 async fn the_snapshot_folded_with_the_live_events_equals_the_final_state() {
     let app = spawn_app().await;
-    let id = start(&app, chain(4, 20)).await;
+    let id = app.start(chain(4, 20)).await;
     let mut sse = Sse::connect(&app, &format!("/api/workflows/{id}/events"), None).await;
     let first = sse.next_event(WAIT).await.unwrap();
     assert_eq!(first.event.as_deref(), Some("snapshot"));
@@ -207,7 +191,7 @@ async fn reconnecting_with_last_event_id_at_random_points_loses_and_repeats_noth
     let mut app = spawn_app().await;
     let mut rng = fastrand::Rng::with_seed(7);
     for round in 0..4 {
-        let id = start(&app, chain(5, 15)).await;
+        let id = app.start(chain(5, 15)).await;
         let seen = reassemble(&mut app, &id, &mut rng, false).await;
         assert_eq!(seen, history_ids(&app, &id).await, "round {round}");
     }
@@ -217,7 +201,7 @@ async fn reconnecting_with_last_event_id_at_random_points_loses_and_repeats_noth
 async fn a_stream_resumed_across_a_server_restart_is_still_exact() {
     let mut app = spawn_app().await;
     let mut rng = fastrand::Rng::with_seed(11);
-    let id = start(&app, chain(6, 60)).await;
+    let id = app.start(chain(6, 60)).await;
     let seen = reassemble(&mut app, &id, &mut rng, true).await;
     let all = history_ids(&app, &id).await;
     assert_eq!(seen, all);
@@ -240,7 +224,7 @@ async fn a_stream_resumed_across_a_server_restart_is_still_exact() {
 #[tokio::test]
 async fn after_query_parameter_replays_like_the_header_and_bad_ids_are_400() {
     let app = spawn_app().await;
-    let id = start(&app, chain(2, 1)).await;
+    let id = app.start(chain(2, 1)).await;
     let mut sse = Sse::connect(&app, &format!("/api/workflows/{id}/events"), None).await;
     while let Some(f) = sse.next_event(WAIT).await {
         if f.event.as_deref() == Some("workflow.completed") {
@@ -284,7 +268,7 @@ async fn after_query_parameter_replays_like_the_header_and_bad_ids_are_400() {
 #[tokio::test]
 async fn a_quiet_stream_gets_heartbeat_comments() {
     let app = spawn_app_with("[sse]\nheartbeat_ms = 150\n").await;
-    let id = start(&app, chain(1, 1)).await;
+    let id = app.start(chain(1, 1)).await;
     let mut sse = Sse::connect(&app, &format!("/api/workflows/{id}/events"), None).await;
     let mut beats = 0;
     let until = Instant::now() + Duration::from_secs(3);
@@ -303,7 +287,7 @@ async fn stream_caps_answer_429_per_client_and_503_in_total_and_free_up_on_disco
     let app =
         spawn_app_with("[sse]\nheartbeat_ms = 100\nmax_streams = 10\nmax_streams_per_client = 2\n")
             .await;
-    let id = start(&app, chain(1, 1)).await;
+    let id = app.start(chain(1, 1)).await;
     let path = format!("/api/workflows/{id}/events");
     let a = Sse::connect(&app, &path, None).await;
     let _b = Sse::connect(&app, &path, None).await;
@@ -324,7 +308,7 @@ async fn stream_caps_answer_429_per_client_and_503_in_total_and_free_up_on_disco
     }
 
     let app = spawn_app_with("[sse]\nmax_streams = 1\n").await;
-    let id = start(&app, chain(1, 1)).await;
+    let id = app.start(chain(1, 1)).await;
     let path = format!("/api/workflows/{id}/events");
     let _one = Sse::connect(&app, &path, None).await;
     assert_eq!(Sse::open(&app, &path, None).await.status(), 503);
@@ -333,7 +317,7 @@ async fn stream_caps_answer_429_per_client_and_503_in_total_and_free_up_on_disco
 #[tokio::test]
 async fn the_workspace_stream_starts_with_the_list_and_carries_every_workflow() {
     let app = spawn_app().await;
-    let first = start(&app, chain(1, 1)).await;
+    let first = app.start(chain(1, 1)).await;
     let mut sse = Sse::connect(&app, "/api/events", None).await;
     let snap = sse.next_event(WAIT).await.unwrap();
     assert_eq!(snap.event.as_deref(), Some("snapshot"));
@@ -350,7 +334,7 @@ async fn the_workspace_stream_starts_with_the_list_and_carries_every_workflow() 
         snap.id.unwrap()
     );
 
-    let second = start(&app, chain(2, 1)).await;
+    let second = app.start(chain(2, 1)).await;
     let mut completed = vec![];
     while completed.len() < 2 {
         let f = sse.next_event(WAIT).await.expect("feed ended");
@@ -453,9 +437,7 @@ async fn the_replaced_systems_invoke_endpoints_answer_in_its_shapes() {
 #[tokio::test]
 async fn the_dag_executions_stream_reports_substeps_counters_and_heartbeats() {
     let app = spawn_app_with("[sse]\nheartbeat_ms = 200\n").await;
-    let id = start(
-        &app,
-        json!([
+    let id = app.start(json!([
             { "id": "a", "role": "architect", "task": "A", "params": { "duration_ms": 5 } },
             { "id": "b", "role": "developer", "task": "{a.output}B", "deps": ["a"], "params": { "duration_ms": 5 } }
         ]),
@@ -501,7 +483,7 @@ async fn the_dag_executions_stream_reports_substeps_counters_and_heartbeats() {
 #[tokio::test]
 async fn a_graceful_stop_ends_open_streams_instead_of_waiting_for_them() {
     let app = spawn_app().await;
-    let id = start(&app, chain(1, 1)).await;
+    let id = app.start(chain(1, 1)).await;
     let mut sse = Sse::connect(&app, &format!("/api/workflows/{id}/events"), None).await;
     assert!(sse.next_event(WAIT).await.is_some());
     // With a stream open, stopping must still complete (it used to wait forever).

@@ -7,15 +7,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, spawn_app};
 
-/// Starts a workflow and returns its id.
-async fn start(app: &TestApp, spec: Value) -> String {
-    let resp = app.post("/api/workflows", &spec).await;
-    let status = resp.status();
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(status, 202, "{body}");
-    body["id"].as_str().unwrap().to_string()
-}
-
 /// Polls the snapshot until `done` says so, with a deadline instead of a sleep.
 async fn wait_for(app: &TestApp, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -50,16 +41,6 @@ fn step<'a>(snap: &'a Value, id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no step {id} in {snap:#}"))
 }
 
-async fn history(app: &TestApp, id: &str) -> Vec<Value> {
-    let h: Value = app
-        .get(&format!("/api/workflows/{id}/history"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    h["events"].as_array().unwrap().clone()
-}
-
 fn types(events: &[Value]) -> Vec<String> {
     events
         .iter()
@@ -80,9 +61,7 @@ fn fast(duration_ms: u64) -> Value {
 #[tokio::test]
 async fn a_three_step_chain_runs_to_the_end_with_templates_resolved() {
     let app = spawn_app().await;
-    let id = start(
-        &app,
-        json!({
+    let id = app.start(json!({
             "name": "ship-login",
             "inputs": { "feature": "login" },
             "steps": [
@@ -103,7 +82,7 @@ async fn a_three_step_chain_runs_to_the_end_with_templates_resolved() {
     assert_eq!(snap["progress"]["done"], 3);
     assert!(snap["last_event_id"].as_i64().unwrap() > 0);
     assert_eq!(
-        types(&history(&app, &id).await),
+        types(&app.history(&id).await),
         [
             "workflow.created",
             "workflow.started",
@@ -121,9 +100,7 @@ async fn a_three_step_chain_runs_to_the_end_with_templates_resolved() {
 #[tokio::test]
 async fn independent_branches_run_in_parallel_and_the_join_sees_both() {
     let app = spawn_app().await;
-    let id = start(
-        &app,
-        json!([
+    let id = app.start(json!([
             { "id": "a", "role": "architect", "task": "A", "params": fast(5) },
             { "id": "b", "role": "developer", "task": "B({a.output})", "deps": ["a"], "params": fast(300) },
             { "id": "c", "role": "developer", "task": "C({a.output})", "deps": ["a"], "params": fast(300) },
@@ -133,7 +110,7 @@ async fn independent_branches_run_in_parallel_and_the_join_sees_both() {
     .await;
     let snap = wait_status(&app, &id, "completed").await;
     assert_eq!(step(&snap, "d")["output"], "B(A)+C(A)");
-    let t = types(&history(&app, &id).await);
+    let t = types(&app.history(&id).await);
     let pos = |s: &str| t.iter().position(|x| x == s).unwrap();
     // Both branches started before either finished.
     assert!(pos("step.started:b") < pos("step.completed:c"), "{t:?}");
@@ -143,19 +120,17 @@ async fn independent_branches_run_in_parallel_and_the_join_sees_both() {
 #[tokio::test]
 async fn a_flaky_step_backs_off_and_then_succeeds() {
     let app = spawn_app().await;
-    let id = start(
-        &app,
-        json!({ "id": "flaky", "role": "developer", "task": "try",
+    let id = app
+        .start(json!({ "id": "flaky", "role": "developer", "task": "try",
                 "retry": { "max_attempts": 4, "initial_interval_ms": 50, "jitter": false },
-                "params": { "duration_ms": 1, "fail_attempts": 2, "error": "503 upstream busy" } }),
-    )
-    .await;
+                "params": { "duration_ms": 1, "fail_attempts": 2, "error": "503 upstream busy" } }))
+        .await;
     let snap = wait_status(&app, &id, "completed").await;
     let s = step(&snap, "flaky");
     assert_eq!(s["attempt"], 3);
     assert_eq!(s["attempts"].as_array().unwrap().len(), 3);
     assert_eq!(s["attempts"][0]["error"], "503 upstream busy");
-    let events = history(&app, &id).await;
+    let events = app.history(&id).await;
     let retries: Vec<&Value> = events
         .iter()
         .filter(|e| e["type"] == "step.retrying")
@@ -169,9 +144,7 @@ async fn a_flaky_step_backs_off_and_then_succeeds() {
 #[tokio::test]
 async fn a_non_retryable_error_fails_the_step_and_workflow_at_once() {
     let app = spawn_app().await;
-    let id = start(
-        &app,
-        json!({ "id": "call", "role": "developer", "task": "x",
+    let id = app.start(json!({ "id": "call", "role": "developer", "task": "x",
                 "params": { "duration_ms": 1, "fail_attempts": 9, "error": "401 Unauthorized: bad token" } }),
     )
     .await;
@@ -187,12 +160,12 @@ async fn a_non_retryable_error_fails_the_step_and_workflow_at_once() {
 #[tokio::test]
 async fn a_step_past_its_timeout_is_stopped_and_counts_as_a_failed_attempt() {
     let app = spawn_app().await;
-    let id = start(
-        &app,
-        json!({ "id": "slow", "role": "developer", "task": "x", "timeout_s": 1,
+    let id = app
+        .start(
+            json!({ "id": "slow", "role": "developer", "task": "x", "timeout_s": 1,
                 "retry": { "max_attempts": 1 }, "params": { "duration_ms": 60000 } }),
-    )
-    .await;
+        )
+        .await;
     let snap = wait_status(&app, &id, "failed").await;
     assert_eq!(step(&snap, "slow")["error"], "timed out after 1s");
 }
@@ -201,18 +174,14 @@ async fn a_step_past_its_timeout_is_stopped_and_counts_as_a_failed_attempt() {
 async fn exhausted_retries_fail_the_workflow_or_pause_it_by_policy() {
     let app = spawn_app().await;
     let failing = json!({ "duration_ms": 1, "fail_attempts": 99, "error": "boom" });
-    let id = start(
-        &app,
-        json!({ "id": "s", "role": "developer", "task": "x",
-                "retry": { "max_attempts": 2, "initial_interval_ms": 10 }, "params": failing }),
-    )
-    .await;
+    let id = app
+        .start(json!({ "id": "s", "role": "developer", "task": "x",
+                "retry": { "max_attempts": 2, "initial_interval_ms": 10 }, "params": failing }))
+        .await;
     let snap = wait_status(&app, &id, "failed").await;
     assert_eq!(step(&snap, "s")["attempt"], 2);
 
-    let id = start(
-        &app,
-        json!({ "steps": [
+    let id = app.start(json!({ "steps": [
             { "id": "s", "role": "developer", "task": "x",
               "retry": { "max_attempts": 2, "initial_interval_ms": 10, "on_exhausted": "pause" }, "params": failing },
             { "id": "after", "role": "tester", "task": "got [{s.output}]", "deps": ["s"], "params": fast(1) }
@@ -235,14 +204,12 @@ async fn exhausted_retries_fail_the_workflow_or_pause_it_by_policy() {
 #[tokio::test]
 async fn cancel_stops_a_running_workflow_and_resume_continues_it() {
     let app = spawn_app().await;
-    let id = start(
-        &app,
-        json!([
+    let id = app
+        .start(json!([
             { "id": "a", "role": "architect", "task": "A", "params": fast(1) },
             { "id": "b", "role": "developer", "task": "B", "deps": ["a"], "params": fast(60000) }
-        ]),
-    )
-    .await;
+        ]))
+        .await;
     wait_for(&app, &id, "b running", |s| {
         step(s, "b")["status"] == "running"
     })
@@ -274,7 +241,7 @@ async fn cancel_stops_a_running_workflow_and_resume_continues_it() {
         step(s, "b")["status"] == "running"
     })
     .await;
-    let events = history(&app, &id).await;
+    let events = app.history(&id).await;
     let a_completions = events
         .iter()
         .filter(|e| e["type"] == "step.completed" && e["step_id"] == "a")
@@ -290,15 +257,13 @@ async fn cancel_stops_a_running_workflow_and_resume_continues_it() {
 #[tokio::test]
 async fn retrying_a_completed_step_runs_it_and_its_descendants_again() {
     let app = spawn_app().await;
-    let id = start(
-        &app,
-        json!([
+    let id = app
+        .start(json!([
             { "id": "a", "role": "architect", "task": "A", "params": fast(1) },
             { "id": "b", "role": "developer", "task": "B", "deps": ["a"], "params": fast(1) },
             { "id": "c", "role": "tester", "task": "C", "deps": ["b"], "params": fast(1) }
-        ]),
-    )
-    .await;
+        ]))
+        .await;
     wait_status(&app, &id, "completed").await;
     let resp = app
         .post(&format!("/api/workflows/{id}/steps/b/retry"), &json!({}))
@@ -315,9 +280,7 @@ async fn retrying_a_completed_step_runs_it_and_its_descendants_again() {
 #[tokio::test]
 async fn retry_now_skips_a_long_backoff_wait() {
     let app = spawn_app().await;
-    let id = start(
-        &app,
-        json!({ "id": "s", "role": "developer", "task": "x",
+    let id = app.start(json!({ "id": "s", "role": "developer", "task": "x",
                 "retry": { "max_attempts": 3, "initial_interval_ms": 3600000, "max_interval_ms": 3600000 },
                 "params": { "duration_ms": 1, "fail_attempts": 1 } }),
     )
@@ -340,11 +303,9 @@ async fn retry_now_skips_a_long_backoff_wait() {
 #[tokio::test]
 async fn controls_the_state_does_not_allow_are_409_and_unknown_ids_404() {
     let app = spawn_app().await;
-    let id = start(
-        &app,
-        json!({ "id": "s", "role": "developer", "task": "x", "params": fast(1) }),
-    )
-    .await;
+    let id = app
+        .start(json!({ "id": "s", "role": "developer", "task": "x", "params": fast(1) }))
+        .await;
     wait_status(&app, &id, "completed").await;
     for (path, why) in [
         (format!("/api/workflows/{id}/resume"), "completed"),
@@ -417,9 +378,7 @@ async fn a_hundred_concurrent_workflows_all_complete() {
     let mut ids = Vec::new();
     for i in 0..100 {
         ids.push(
-            start(
-                &app,
-                json!([
+            app.start(json!([
                     { "id": "a", "role": "architect", "task": format!("A{i}"), "params": fast(10) },
                     { "id": "b", "role": "developer", "task": "{a.output}!", "deps": ["a"], "params": fast(10) }
                 ]),
@@ -519,14 +478,13 @@ async fn bad_input_gets_a_4xx_json_error_that_names_the_field() {
 #[tokio::test]
 async fn log_lines_are_kept_up_to_the_cap_per_attempt_with_a_notice() {
     let app = spawn_app().await;
-    let id = start(
-        &app,
-        json!({ "id": "noisy", "role": "developer", "task": "x",
-                "params": { "duration_ms": 50, "log_lines": 1200 } }),
-    )
-    .await;
+    let id = app
+        .start(json!({ "id": "noisy", "role": "developer", "task": "x",
+                "params": { "duration_ms": 50, "log_lines": 1200 } }))
+        .await;
     let snap = wait_status(&app, &id, "completed").await;
-    let logs: Vec<Value> = history(&app, &id)
+    let logs: Vec<Value> = app
+        .history(&id)
         .await
         .into_iter()
         .filter(|e| e["type"] == "step.log")
