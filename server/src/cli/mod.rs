@@ -52,38 +52,54 @@ pub async fn main() -> ExitCode {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     telemetry::init(&args.log);
     let config = Config::load(&args)?;
+    // Register the signal handlers before anything can say the server is up: a SIGTERM
+    // that arrives before registration would kill the process ungracefully.
+    let signals = Signals::register()?;
     let app = Application::build(config).await?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
-    app.run_until_stopped(shutdown).await
+    let on_signal = tokio::spawn(signals.cancel_on_first(shutdown.clone()));
+    let result = app.run_until_stopped(shutdown).await;
+    on_signal.abort();
+    result
 }
 
-/// Cancels `token` on Ctrl-C or SIGTERM (what `kill`, systemd and container runtimes send).
-async fn cancel_on_signal(token: CancellationToken) {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
+/// Ctrl-C (SIGINT) and SIGTERM (what `kill`, systemd and container runtimes send).
+struct Signals {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    #[cfg(unix)]
+    fn register() -> anyhow::Result<Self> {
+        use anyhow::Context;
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("listening for Ctrl-C")?,
+            terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+        })
     }
-    tracing::info!("shutting down: finishing in-flight requests");
-    token.cancel();
+
+    #[cfg(not(unix))]
+    fn register() -> anyhow::Result<Self> {
+        Ok(Self {})
+    }
+
+    /// Cancels `token` when the first signal arrives.
+    async fn cancel_on_first(mut self, token: CancellationToken) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {},
+            _ = self.terminate.recv() => {},
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = &mut self;
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        tracing::info!("shutting down: finishing in-flight requests");
+        token.cancel();
+    }
 }
