@@ -28,7 +28,7 @@ mod workspace;
 use leptos::prelude::*;
 use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
 use leptos_router::{
-    ParamSegment, StaticSegment,
+    Lazy, ParamSegment, StaticSegment,
     components::{Route, Router, Routes},
 };
 
@@ -66,8 +66,8 @@ pub fn App() -> impl IntoView {
         <Router>
             <layout::Workspace>
                 <Routes fallback=pages::NotFound>
-                    <Route path=StaticSegment("") view=pages::Home/>
-                    <Route path=(StaticSegment("workflows"), ParamSegment("id")) view=pages::WorkflowPage/>
+                    <Route path=StaticSegment("") view={Lazy::<pages::Home>::new()}/>
+                    <Route path=(StaticSegment("workflows"), ParamSegment("id")) view={Lazy::<pages::WorkflowPage>::new()}/>
                 </Routes>
             </layout::Workspace>
         </Router>
@@ -79,5 +79,6 @@ pub fn App() -> impl IntoView {
 #[wasm_bindgen::prelude::wasm_bindgen]
 pub fn hydrate() {
     console_error_panic_hook::set_once();
-    leptos::mount::hydrate_body(App);
+    // `hydrate_lazy`: the page being hydrated may live in a WASM chunk still on its way.
+    leptos::mount::hydrate_lazy(App);
 }

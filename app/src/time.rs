@@ -60,7 +60,8 @@ pub fn duration_ms(ms: i64) -> String {
     }
     let s = ms / 1000;
     if s < 60 {
-        return format!("{:.1}s", ms as f64 / 1000.0);
+        // Tenths by integer maths: no float formatting code in the browser's bundle.
+        return format!("{s}.{}s", (ms % 1000) / 100);
     }
     if s < 3600 {
         return format!("{}m {:02}s", s / 60, s % 60);
@@ -92,5 +93,50 @@ pub fn until(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
 
 /// `14:02:11` (UTC) for timestamps in lists.
 pub fn clock_time(t: DateTime<Utc>) -> String {
-    t.format("%H:%M:%S").to_string()
+    use chrono::Timelike;
+    format!("{:02}:{:02}:{:02}", t.hour(), t.minute(), t.second())
+}
+
+/// `done` of `total` as a whole percentage for a progress bar (0 when there is nothing to do).
+pub fn percent(done: usize, total: usize) -> usize {
+    (done * 100).checked_div(total).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn durations_read_as_people_say_them() {
+        assert_eq!(duration_ms(-5), "0ms");
+        assert_eq!(duration_ms(999), "999ms");
+        assert_eq!(duration_ms(1_000), "1.0s");
+        assert_eq!(duration_ms(1_290), "1.2s");
+        assert_eq!(duration_ms(59_999), "59.9s");
+        assert_eq!(duration_ms(185_000), "3m 05s");
+        assert_eq!(duration_ms(7_800_000), "2h 10m");
+    }
+
+    #[test]
+    fn relative_times() {
+        let now = at("2026-01-01T12:00:00Z");
+        assert_eq!(ago(at("2026-01-01T11:59:58Z"), now), "just now");
+        assert_eq!(ago(at("2026-01-01T11:59:48Z"), now), "12s ago");
+        assert_eq!(ago(at("2026-01-01T09:00:00Z"), now), "3h ago");
+        assert_eq!(until(at("2026-01-01T12:00:12Z"), now), "in 12.0s");
+        assert_eq!(until(at("2026-01-01T11:00:00Z"), now), "now");
+        assert_eq!(clock_time(at("2026-01-01T07:05:09.900Z")), "07:05:09");
+    }
+
+    #[test]
+    fn progress_percentages() {
+        assert_eq!(percent(0, 0), 0);
+        assert_eq!(percent(1, 3), 33);
+        assert_eq!(percent(2, 3), 66);
+        assert_eq!(percent(3, 3), 100);
+    }
 }

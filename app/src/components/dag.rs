@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use cairn::WorkflowState;
 use leptos::prelude::*;
 
-const NODE_W: f64 = 156.0;
-const NODE_H: f64 = 44.0;
-const COL_GAP: f64 = 56.0;
-const ROW_GAP: f64 = 14.0;
-const PAD: f64 = 8.0;
+const NODE_W: i64 = 156;
+const NODE_H: i64 = 44;
+const COL_GAP: i64 = 56;
+const ROW_GAP: i64 = 14;
+const PAD: i64 = 8;
 
 /// Where each step sits: (layer, row) by step id, and the number of layers and rows.
 fn layout(state: &WorkflowState) -> (HashMap<String, (usize, usize)>, usize, usize) {
@@ -64,13 +64,13 @@ pub fn Dag(#[prop(into)] state: Signal<WorkflowState>) -> impl IntoView {
     let drawing = move || {
         state.with(|state| {
             let (pos, layers, rows) = layout(state);
-            let width = PAD * 2.0 + layers as f64 * NODE_W + (layers.saturating_sub(1)) as f64 * COL_GAP;
-            let height = PAD * 2.0 + rows as f64 * NODE_H + (rows.saturating_sub(1)) as f64 * ROW_GAP;
+            let width = PAD * 2 + layers as i64 * NODE_W + (layers.saturating_sub(1)) as i64 * COL_GAP;
+            let height = PAD * 2 + rows as i64 * NODE_H + (rows.saturating_sub(1)) as i64 * ROW_GAP;
             let xy = |id: &str| {
                 let (l, r) = pos.get(id).copied().unwrap_or((0, 0));
                 (
-                    PAD + l as f64 * (NODE_W + COL_GAP),
-                    PAD + r as f64 * (NODE_H + ROW_GAP),
+                    PAD + l as i64 * (NODE_W + COL_GAP),
+                    PAD + r as i64 * (NODE_H + ROW_GAP),
                 )
             };
             let edges = state
@@ -83,10 +83,10 @@ pub fn Dag(#[prop(into)] state: Signal<WorkflowState>) -> impl IntoView {
                         .iter()
                         .map(|d| {
                             let (x1, y1) = xy(d);
-                            let (x1, y1, x2, y2) = (x1 + NODE_W, y1 + NODE_H / 2.0, x2, y2 + NODE_H / 2.0);
-                            let c = COL_GAP / 2.0;
+                            let (x1, y1, x2, y2) = (x1 + NODE_W, y1 + NODE_H / 2, x2, y2 + NODE_H / 2);
+                            let c = COL_GAP / 2;
                             let path = format!(
-                                "M{x1:.1},{y1:.1} C{:.1},{y1:.1} {:.1},{y2:.1} {x2:.1},{y2:.1}",
+                                "M{x1},{y1} C{},{y1} {},{y2} {x2},{y2}",
                                 x1 + c,
                                 x2 - c
                             );
@@ -123,10 +123,10 @@ pub fn Dag(#[prop(into)] state: Signal<WorkflowState>) -> impl IntoView {
                         let _ = &anchor;
                     };
                     view! {
-                        <g class=format!("dag-node dag-{status}") transform=format!("translate({x:.1},{y:.1})") on:click=jump>
+                        <g class=format!("dag-node dag-{status}") transform=format!("translate({x},{y})") on:click=jump>
                             <title>{format!("{}: {status}", s.id)}</title>
                             <rect width=NODE_W height=NODE_H rx="8"></rect>
-                            <circle class="dag-dot" cx="14" cy=NODE_H / 2.0 r="4"></circle>
+                            <circle class="dag-dot" cx="14" cy=NODE_H / 2 r="4"></circle>
                             <text class="dag-label" x="26" y="19">{label}</text>
                             <text class="dag-sub" x="26" y="34">{sub}</text>
                         </g>
@@ -138,9 +138,9 @@ pub fn Dag(#[prop(into)] state: Signal<WorkflowState>) -> impl IntoView {
                     class="dag"
                     role="img"
                     aria-label="Workflow graph"
-                    viewBox=format!("0 0 {width:.0} {height:.0}")
-                    width=format!("{width:.0}")
-                    height=format!("{height:.0}")
+                    viewBox=format!("0 0 {width} {height}")
+                    width=width.to_string()
+                    height=height.to_string()
                 >
                     <g class="dag-edges">{edges}</g>
                     <g class="dag-nodes">{nodes}</g>

@@ -7,7 +7,7 @@ use leptos_router::hooks::use_location;
 use crate::{
     components::Badge,
     data::load_workspace,
-    time::{duration_ms, until, use_clock},
+    time::{duration_ms, percent, until, use_clock},
     workspace::use_workspace,
 };
 
@@ -126,11 +126,7 @@ fn WorkflowRow(s: WorkflowSummary) -> impl IntoView {
         let href = href.clone();
         move || (location.pathname.get() == href).then_some("page")
     };
-    let pct = if s.progress.total == 0 {
-        0.0
-    } else {
-        100.0 * s.progress.done as f64 / s.progress.total as f64
-    };
+    let pct = percent(s.progress.done, s.progress.total);
     let status = s.status.as_str();
     let detail = match s.status {
         WorkflowStatus::Running | WorkflowStatus::Pending => {
@@ -167,7 +163,7 @@ fn WorkflowRow(s: WorkflowSummary) -> impl IntoView {
                 </div>
                 <div class="wf-progress" title=format!("{} of {} steps done", s.progress.done, s.progress.total)>
                     <div class="bar" role="progressbar" aria-valuemin="0" aria-valuemax=s.progress.total aria-valuenow=s.progress.done>
-                        <div class=format!("bar-fill bar-{status}") style=format!("width: {pct:.0}%")></div>
+                        <div class=format!("bar-fill bar-{status}") style=format!("width: {pct}%")></div>
                     </div>
                     <span class="wf-count">{format!("{}/{}", s.progress.done, s.progress.total)}</span>
                 </div>

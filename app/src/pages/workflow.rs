@@ -7,13 +7,13 @@
 
 use cairn::{EventRecord, StepState, StepStatus, WorkflowState, WorkflowStatus};
 use leptos::prelude::*;
-use leptos_router::hooks::use_params_map;
+use leptos_router::{LazyRoute, hooks::use_params_map, lazy_route};
 
 use crate::{
     components::{Badge, Dag},
     data::load_workflow,
     live::Connection,
-    time::{ago, clock_time, duration_ms, until, use_clock},
+    time::{ago, clock_time, duration_ms, percent, until, use_clock},
 };
 
 /// What the controls are doing, shared by every button of the page.
@@ -52,28 +52,42 @@ impl Actions {
     }
 }
 
-/// The page.
-#[component]
-pub fn WorkflowPage() -> impl IntoView {
-    let params = use_params_map();
-    let id = move || params.read().get("id").unwrap_or_default();
-    let loaded = Resource::new(id, load_workflow);
-    view! {
-        <Suspense fallback=|| view! { <section class="panel"><p>"Loading…"</p></section> }>
-            {move || Suspend::new(async move {
-                match loaded.await {
-                    Ok(Some(state)) => view! { <Live initial=state/> }.into_any(),
-                    Ok(None) => view! {
-                        <section class="panel">
-                            <h1>"No such workflow"</h1>
-                            <p>"It may belong to another workspace, or the link is wrong. "
-                               <a href="/">"Back to the workspace"</a></p>
-                        </section>
-                    }.into_any(),
-                    Err(e) => view! { <section class="panel"><p class="form-error">{e}</p></section> }.into_any(),
-                }
-            })}
-        </Suspense>
+/// The page, a lazily loaded route: its views are a WASM chunk of their own, fetched in
+/// parallel with the workflow's state (and preloaded by the server when it renders the page).
+pub struct WorkflowPage {
+    loaded: Resource<Result<Option<WorkflowState>, String>>,
+}
+
+#[lazy_route]
+impl LazyRoute for WorkflowPage {
+    fn data() -> Self {
+        let params = use_params_map();
+        let id = move || params.read().get("id").unwrap_or_default();
+        Self {
+            loaded: Resource::new(id, load_workflow),
+        }
+    }
+
+    fn view(this: Self) -> AnyView {
+        let loaded = this.loaded;
+        view! {
+            <Suspense fallback=|| view! { <section class="panel"><p>"Loading…"</p></section> }>
+                {move || Suspend::new(async move {
+                    match loaded.await {
+                        Ok(Some(state)) => view! { <Live initial=state/> }.into_any(),
+                        Ok(None) => view! {
+                            <section class="panel">
+                                <h1>"No such workflow"</h1>
+                                <p>"It may belong to another workspace, or the link is wrong. "
+                                   <a href="/">"Back to the workspace"</a></p>
+                            </section>
+                        }.into_any(),
+                        Err(e) => view! { <section class="panel"><p class="form-error">{e}</p></section> }.into_any(),
+                    }
+                })}
+            </Suspense>
+        }
+        .into_any()
     }
 }
 
@@ -152,11 +166,7 @@ fn Header(
     let progress = move || state.with(|s| s.progress());
     let pct = move || {
         let p = progress();
-        if p.total == 0 {
-            0.0
-        } else {
-            100.0 * p.done as f64 / p.total as f64
-        }
+        percent(p.done, p.total)
     };
     let elapsed = move || {
         state.with(|s| match (s.started_at.or(s.created_at), s.finished_at) {
@@ -214,7 +224,7 @@ fn Header(
             <div class="wf-progress wide">
                 <div class="bar" role="progressbar" aria-label="Progress" aria-valuemin="0"
                      aria-valuemax=move || progress().total aria-valuenow=move || progress().done>
-                    <div class=move || format!("bar-fill bar-{}", status.get()) style=move || format!("width: {:.0}%", pct())></div>
+                    <div class=move || format!("bar-fill bar-{}", status.get()) style=move || format!("width: {}%", pct())></div>
                 </div>
                 <span class="wf-count" data-testid="progress">{move || { let p = progress(); format!("{}/{} steps", p.done, p.total) }}</span>
                 <span class="muted">{elapsed}</span>
