@@ -16,6 +16,6 @@ cargo clippy -p app --features hydrate --target wasm32-unknown-unknown --locked 
 say "cargo test"
 cargo test --workspace --locked
 say "release build"
-cargo leptos build --release --split
+scripts/build.sh
 say "end-to-end tests (Playwright, Chromium)"
 (cd end2end && npx playwright test)

@@ -27,6 +27,15 @@ impl Connection {
             Connection::Reconnecting => "reconnecting…",
         }
     }
+
+    /// The indicator's CSS classes (`conn conn-live`, ...).
+    pub fn class(self) -> &'static str {
+        match self {
+            Connection::Connecting => "conn conn-connecting",
+            Connection::Live => "conn conn-live",
+            Connection::Reconnecting => "conn conn-reconnecting",
+        }
+    }
 }
 
 #[cfg(feature = "hydrate")]

@@ -66,7 +66,7 @@ pub fn Sidebar() -> impl IntoView {
             <div class="sidebar-head">
                 <h2 class="sidebar-title">"Workflows"</h2>
                 <span
-                    class=move || format!("conn conn-{:?}", ws.connection.get()).to_lowercase()
+                    class=move || ws.connection.get().class()
                     data-testid="connection"
                     role="status"
                     title="Live connection to the server"

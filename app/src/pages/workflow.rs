@@ -215,7 +215,7 @@ fn Header(
                 </div>
                 <div class="wf-status">
                     <span data-testid="workflow-status"><Badge status/></span>
-                    <span class=move || format!("conn conn-{}", format!("{:?}", connection.get()).to_lowercase()) data-testid="stream-connection">
+                    <span class=move || connection.get().class() data-testid="stream-connection">
                         <span class="conn-dot" aria-hidden="true"></span>
                         {move || connection.get().label()}
                     </span>

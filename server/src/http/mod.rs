@@ -19,7 +19,7 @@ use axum::{Router, extract::FromRef, routing::any};
 use cairn::WorkflowState;
 use leptos::prelude::{LeptosOptions, provide_context};
 use leptos_axum::{LeptosRoutes, generate_route_list};
-use tower_http::trace::TraceLayer;
+use tower_http::{services::ServeDir, trace::TraceLayer};
 
 use crate::{config::Config, engine::EngineHandle, live::StreamLimits, store::Store};
 pub use error::{ApiError, ErrorDetail};
@@ -57,8 +57,18 @@ pub fn router(state: AppState) -> Router {
         .route("/api", any(api_not_found))
         .route("/api/{*rest}", any(api_not_found));
 
+    // The browser bundle: `cargo leptos build --precompress` writes a `.br` and a `.gz` beside
+    // each file, and the one the browser accepts is sent (the plain file otherwise).
+    let pkg = std::path::Path::new(&*state.leptos_options.site_root)
+        .join(&*state.leptos_options.site_pkg_dir);
+    let pkg_route = format!("/{}", state.leptos_options.site_pkg_dir);
+
     Router::new()
         .merge(api)
+        .nest_service(
+            &pkg_route,
+            ServeDir::new(pkg).precompressed_br().precompressed_gzip(),
+        )
         .leptos_routes_with_context(
             &state,
             routes,

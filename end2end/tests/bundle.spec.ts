@@ -1,0 +1,66 @@
+import { test, expect } from "./fixtures";
+import { Browser } from "@playwright/test";
+import { mkdirSync, writeFileSync } from "node:fs";
+import path from "node:path";
+
+const shots = path.join(__dirname, "..", "screenshots");
+
+interface Download {
+  file: string;
+  /** Bytes of the body as sent (compressed). */
+  sent: number;
+  /** Bytes once decompressed. */
+  size: number;
+}
+
+/** Opens `url` in a fresh browser (nothing cached), waits for hydration and returns the WASM
+ * files the page downloaded. */
+async function wasmOf(browser: Browser, baseURL: string, url: string): Promise<Download[]> {
+  const context = await browser.newContext({ baseURL });
+  const page = await context.newPage();
+  await page.goto(url);
+  await expect(page.locator(".workspace")).toHaveAttribute("data-hydrated", "true");
+  const files = await page.evaluate(() =>
+    (performance.getEntriesByType("resource") as PerformanceResourceTiming[])
+      .filter((e) => new URL(e.name).pathname.endsWith(".wasm"))
+      .map((e) => ({
+        file: new URL(e.name).pathname.split("/").pop() ?? "",
+        sent: e.encodedBodySize,
+        size: e.decodedBodySize,
+      })),
+  );
+  await context.close();
+  return files;
+}
+
+test("each page downloads the WASM it needs, compressed, and not the other pages' views", async ({ browser, baseURL, request }) => {
+  const res = await request.post("/api/workflows", {
+    data: { name: "bundle", steps: [{ id: "a", role: "architect", task: "x", params: { duration_ms: 50 } }] },
+  });
+  expect(res.status()).toBe(202);
+  const id = (await res.json()).id;
+
+  const home = await wasmOf(browser, baseURL!, "/");
+  const workflow = await wasmOf(browser, baseURL!, `/workflows/${id}`);
+  const names = (d: Download[]) => d.map((f) => f.file);
+
+  // Both pages load the shell; each loads its own view and not the other's.
+  expect(names(home)).toContain("cairn.wasm");
+  expect(names(workflow)).toContain("cairn.wasm");
+  expect(names(home).some((f) => f.includes("home_view"))).toBe(true);
+  expect(names(home).some((f) => f.includes("workflow_page_view"))).toBe(false);
+  expect(names(workflow).some((f) => f.includes("workflow_page_view"))).toBe(true);
+  expect(names(workflow).some((f) => f.includes("home_view"))).toBe(false);
+  // Every file came compressed.
+  for (const f of [...home, ...workflow]) expect(f.sent, f.file).toBeLessThan(f.size * 0.6);
+
+  const total = (d: Download[]) => ({
+    files: d,
+    sent_bytes: d.reduce((n, f) => n + f.sent, 0),
+    wasm_bytes: d.reduce((n, f) => n + f.size, 0),
+  });
+  const report = { home: total(home), workflow: total(workflow) };
+  console.log("wasm per page", JSON.stringify({ home: [report.home.sent_bytes, report.home.wasm_bytes], workflow: [report.workflow.sent_bytes, report.workflow.wasm_bytes] }));
+  mkdirSync(shots, { recursive: true });
+  writeFileSync(path.join(shots, "wasm-per-page.json"), JSON.stringify(report, null, 2));
+});
