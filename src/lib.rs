@@ -41,8 +41,8 @@ pub use event::{Event, EventRecord, LogStream};
 pub use retry::{ErrorClass, RetryDecision};
 pub use spec::{
     Limits, MAX_BACKOFF_FACTOR, MAX_INTERVAL_MS, MAX_PARAMS_DEPTH, MAX_TIMEOUT_S, OnExhausted,
-    ParseOptions, RetryOverrides, RetryPolicy, SpecError, SpecErrors, StepDef, ValidSpec,
-    is_identifier, parse_spec, parse_spec_value,
+    ParseOptions, RetryOverrides, RetryPolicy, SpecError, SpecErrors, SpecText, StepDef, ValidSpec,
+    is_identifier, parse_spec, parse_spec_value, read_spec_text, read_spec_yaml,
 };
 pub use state::{
     ApplyError, AttemptRecord, LOG_LINE_MAX_BYTES, LOG_TAIL, LogLine, MAX_ATTEMPT_RECORDS,

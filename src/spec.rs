@@ -259,7 +259,32 @@ impl SpecErrors {
 /// non-blank character is `{` or `[` is read as JSON; if that fails it is tried as YAML (a
 /// flow-style YAML document looks the same), and when both fail the JSON error is reported.
 /// Anything else is read as YAML. Then see [`parse_spec_value`].
+///
+/// The two halves are public for callers that load the YAML reader only when it is needed
+/// (the browser): [`read_spec_text`], then [`read_spec_yaml`] when it says so.
 pub fn parse_spec(text: &str, opts: &ParseOptions) -> Result<ValidSpec, SpecErrors> {
+    let value = match read_spec_text(text, opts)? {
+        SpecText::Json(value) => value,
+        SpecText::Yaml { json_error } => read_spec_yaml(text, json_error)?,
+    };
+    parse_spec_value(&value, opts)
+}
+
+/// What [`read_spec_text`] made of a spec's text.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SpecText {
+    /// It is JSON, parsed.
+    Json(Value),
+    /// It has to be read as YAML (with [`read_spec_yaml`]); `json_error` is set when the text
+    /// looked like JSON but was not, and is the error to report if YAML fails too.
+    Yaml {
+        /// The JSON parser's complaint, for text that starts like JSON.
+        json_error: Option<String>,
+    },
+}
+
+/// The first half of [`parse_spec`]: size and emptiness checks, and JSON.
+pub fn read_spec_text(text: &str, opts: &ParseOptions) -> Result<SpecText, SpecErrors> {
     let limit = opts.limits.max_spec_bytes;
     if text.len() > limit {
         return Err(SpecErrors::single(
@@ -271,16 +296,24 @@ pub fn parse_spec(text: &str, opts: &ParseOptions) -> Result<ValidSpec, SpecErro
     if trimmed.is_empty() {
         return Err(SpecErrors::single("", "the spec is empty"));
     }
-    let value = if trimmed.starts_with(['{', '[']) {
-        match serde_json::from_str::<Value>(text) {
-            Ok(v) => v,
-            Err(json) => parse_yaml(text)
-                .map_err(|_| SpecErrors::single("", format!("invalid JSON: {json}")))?,
-        }
-    } else {
-        parse_yaml(text).map_err(|e| SpecErrors::single("", format!("invalid YAML: {e}")))?
-    };
-    parse_spec_value(&value, opts)
+    if !trimmed.starts_with(['{', '[']) {
+        return Ok(SpecText::Yaml { json_error: None });
+    }
+    Ok(match serde_json::from_str::<Value>(text) {
+        Ok(v) => SpecText::Json(v),
+        Err(e) => SpecText::Yaml {
+            json_error: Some(e.to_string()),
+        },
+    })
+}
+
+/// The second half of [`parse_spec`]: the text read as YAML. When it fails, the error is
+/// `json_error` (the text looked like JSON) or the YAML parser's.
+pub fn read_spec_yaml(text: &str, json_error: Option<String>) -> Result<Value, SpecErrors> {
+    parse_yaml(text).map_err(|yaml| match json_error {
+        Some(json) => SpecErrors::single("", format!("invalid JSON: {json}")),
+        None => SpecErrors::single("", format!("invalid YAML: {yaml}")),
+    })
 }
 
 /// Deepest nesting of `[`/`{` the YAML parser is given. The YAML parser takes time
@@ -325,6 +358,38 @@ pub fn parse_spec_value(value: &Value, opts: &ParseOptions) -> Result<ValidSpec,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_two_halves_tell_json_from_yaml_and_keep_the_json_error() {
+        let opts = ParseOptions::default();
+        let json = r#"{"steps": [{"id": "a", "role": "r", "task": "t"}]}"#;
+        assert!(matches!(read_spec_text(json, &opts), Ok(SpecText::Json(_))));
+        let yaml = "steps:\n  - {id: a, role: r, task: t}\n";
+        assert_eq!(
+            read_spec_text(yaml, &opts),
+            Ok(SpecText::Yaml { json_error: None })
+        );
+        let v = read_spec_yaml(yaml, None).unwrap();
+        assert_eq!(v["steps"][0]["id"], "a");
+        // Flow-style YAML starts like JSON: JSON fails, YAML reads it.
+        let flow = "{steps: [{id: a, role: r, task: t}]}";
+        let SpecText::Yaml {
+            json_error: Some(_),
+        } = read_spec_text(flow, &opts).unwrap()
+        else {
+            panic!("flow YAML is not JSON")
+        };
+        assert!(parse_spec(flow, &opts).is_ok());
+        // Broken JSON that is not YAML either reports the JSON error.
+        let broken = r#"{"steps": [}"#;
+        let SpecText::Yaml { json_error } = read_spec_text(broken, &opts).unwrap() else {
+            panic!("broken JSON is not JSON")
+        };
+        let err = read_spec_yaml(broken, json_error).unwrap_err();
+        assert!(err.errors[0].message.starts_with("invalid JSON"), "{err:?}");
+        assert_eq!(parse_spec(broken, &opts).unwrap_err(), err);
+        assert!(read_spec_text("  \n", &opts).is_err());
+    }
 
     fn spec(edges: &[(&str, &[&str])]) -> ValidSpec {
         ValidSpec {

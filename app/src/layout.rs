@@ -8,13 +8,9 @@ use crate::components::Sidebar;
 /// The sidebar + main panel frame around a page.
 #[component]
 pub fn Workspace(children: Children) -> impl IntoView {
-    // Effects only run in the browser, after hydration: the attribute tells tests (and anyone
-    // debugging) that the WASM half has taken over the server-rendered page.
-    let (hydrated, set_hydrated) = signal(false);
-    Effect::new(move |_| set_hydrated.set(true));
-
     view! {
-        <div class="workspace" data-hydrated=move || hydrated.get().to_string()>
+        // `true` once the WASM half has taken over the page, set by `pages::after_hydration`.
+        <div class="workspace" data-hydrated="false">
             <header class="topbar">
                 <a class="brand" href="/">
                     <span class="brand-mark" aria-hidden="true">"◭"</span>

@@ -79,6 +79,13 @@ pub fn App() -> impl IntoView {
 #[wasm_bindgen::prelude::wasm_bindgen]
 pub fn hydrate() {
     console_error_panic_hook::set_once();
-    // `hydrate_lazy`: the page being hydrated may live in a WASM chunk still on its way.
-    leptos::mount::hydrate_lazy(App);
+    // Asynchronous hydration: the page being hydrated may live in a WASM chunk still on its way.
+    wasm_bindgen_futures::spawn_local(async {
+        let Some(body) = leptos::prelude::document().body() else {
+            return;
+        };
+        let owner = leptos::mount::hydrate_from_async(body, App).await;
+        owner.forget();
+        pages::after_hydration();
+    });
 }

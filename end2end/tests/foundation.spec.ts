@@ -42,6 +42,13 @@ test("the page hydrates: the spec checker validates in the browser as you type",
   // And back to a valid spec, in YAML this time.
   await editor.fill("name: tiny\nsteps:\n  - id: only\n    role: developer\n    task: hello\n");
   await expect(page.getByTestId("spec-ok")).toContainText("tiny");
+  // YAML typed key by key (the YAML reader is a chunk that arrives while typing): the verdict
+  // is about the last text, with the problem at its path.
+  await editor.fill("");
+  await editor.pressSequentially("name: typed\nsteps:\n  - {id: a, role: wizard, task: t}\n", { delay: 10 });
+  await expect(page.getByTestId("spec-errors")).toContainText("steps[0].role");
+  await expect(page.getByTestId("spec-errors")).toContainText("wizard");
+  await expect(page.getByRole("button", { name: "Start workflow" })).toBeDisabled();
   expect(errors).toEqual([]);
 
   mkdirSync(screenshots, { recursive: true });

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use cairn::{ParseOptions, SpecErrors, ValidSpec, parse_spec};
+use cairn::{ParseOptions, SpecErrors, SpecText, ValidSpec, parse_spec_value, read_spec_text};
 use leptos::prelude::*;
 
 use crate::data::load_roles;
@@ -81,17 +81,57 @@ pub fn StartForm() -> impl IntoView {
             .and_then(Result::ok)
             .map(|r| r.into_iter().collect::<BTreeSet<String>>())
     };
+    // The text read as YAML, for the text it was read from. The YAML reader is a WASM chunk
+    // of its own, loaded the first time the text is not JSON.
+    let yaml = RwSignal::new(None::<(String, Result<serde_json::Value, SpecErrors>)>);
+    // `None` while the YAML reader is on its way.
     let verdict = Memo::new(move |_| {
         let opts = ParseOptions {
             known_roles: known(),
             ..ParseOptions::default()
         };
-        text.with(|t| parse_spec(t, &opts))
+        text.with(|t| match read_spec_text(t, &opts) {
+            Err(e) => Some(Err(e)),
+            Ok(SpecText::Json(v)) => Some(parse_spec_value(&v, &opts)),
+            Ok(SpecText::Yaml { json_error }) => {
+                if cfg!(feature = "hydrate") {
+                    yaml.with(|y| match y {
+                        Some((read, v)) if read == t => {
+                            Some(v.clone().and_then(|v| parse_spec_value(&v, &opts)))
+                        }
+                        _ => None,
+                    })
+                } else {
+                    Some(
+                        cairn::read_spec_yaml(t, json_error)
+                            .and_then(|v| parse_spec_value(&v, &opts)),
+                    )
+                }
+            }
+        })
     });
+    // Reads the text as YAML when it needs it. It also reruns when a reading lands, so a
+    // reading of an older text (typing is faster than the chunk) is followed by one of the
+    // current text.
+    #[cfg(feature = "hydrate")]
+    Effect::new(move |_| {
+        let t = text.get();
+        if yaml.with(|y| y.as_ref().is_some_and(|(read, _)| *read == t)) {
+            return;
+        }
+        let Ok(SpecText::Yaml { json_error }) = read_spec_text(&t, &ParseOptions::default()) else {
+            return;
+        };
+        leptos::task::spawn_local(async move {
+            let v = read_yaml(t.clone(), json_error).await;
+            yaml.set(Some((t, v)));
+        });
+    });
+    let invalid = move || verdict.with(|v| !matches!(v, Some(Ok(_))));
 
     let submit = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
-        if busy.get_untracked() || verdict.with_untracked(Result::is_err) {
+        if busy.get_untracked() || verdict.with_untracked(|v| !matches!(v, Some(Ok(_)))) {
             return;
         }
         set_server_errors.set(vec![]);
@@ -163,8 +203,9 @@ pub fn StartForm() -> impl IntoView {
                 <div class="form-foot">
                     <div class="verdict" data-testid="spec-verdict" aria-live="polite">
                         {move || verdict.with(|v| match v {
-                            Ok(spec) => view! { <ValidSummary spec=spec.clone()/> }.into_any(),
-                            Err(errors) => view! { <ErrorList errors=errors.clone()/> }.into_any(),
+                            Some(Ok(spec)) => view! { <ValidSummary spec=spec.clone()/> }.into_any(),
+                            Some(Err(errors)) => view! { <ErrorList errors=errors.clone()/> }.into_any(),
+                            None => view! { <p class="verdict-wait">"Reading the YAML…"</p> }.into_any(),
                         })}
                         <Show when=move || !server_errors.with(Vec::is_empty)>
                             <ul class="spec-errors" data-testid="server-errors">
@@ -178,7 +219,7 @@ pub fn StartForm() -> impl IntoView {
                     <button
                         type="submit"
                         class="btn btn-primary"
-                        disabled=move || busy.get() || verdict.with(Result::is_err)
+                        disabled=move || busy.get() || invalid()
                     >
                         {move || if busy.get() { "Starting…" } else { "Start workflow" }}
                     </button>
@@ -186,6 +227,14 @@ pub fn StartForm() -> impl IntoView {
             </form>
         </section>
     }
+}
+
+/// The YAML half of the spec check, in a WASM chunk of its own: the YAML parser is only
+/// downloaded once someone types YAML.
+#[cfg(feature = "hydrate")]
+#[lazy]
+fn read_yaml(text: String, json_error: Option<String>) -> Result<serde_json::Value, SpecErrors> {
+    cairn::read_spec_yaml(&text, json_error)
 }
 
 #[cfg(feature = "hydrate")]
