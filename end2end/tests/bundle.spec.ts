@@ -32,6 +32,17 @@ async function wasmOf(browser: Browser, baseURL: string, url: string): Promise<D
         size: e.decodedBodySize,
       }));
   });
+  // Once live, the page fetches the other page's view and the YAML reader in the background,
+  // so that nothing it does later waits for a chunk.
+  await expect
+    .poll(() =>
+      page.evaluate(() =>
+        performance
+          .getEntriesByType("resource")
+          .filter((e) => /home_view|workflow_page_view|read_yaml/.test(e.name)).length,
+      ),
+    )
+    .toBe(3);
   await context.close();
   return files;
 }

@@ -237,6 +237,14 @@ fn read_yaml(text: String, json_error: Option<String>) -> Result<serde_json::Val
     cairn::read_spec_yaml(&text, json_error)
 }
 
+/// Fetches the YAML reader's chunk in the background (browser only, once a page is live), so
+/// that it is at hand when someone types YAML, even in a page left open across an upgrade of
+/// the server (chunk names change between builds).
+#[cfg(feature = "hydrate")]
+pub fn preload_yaml_reader() {
+    let _ = lazy_preload!(read_yaml);
+}
+
 #[cfg(feature = "hydrate")]
 async fn post_spec(body: &str, key: &str, yaml: bool) -> Result<String, crate::data::PostError> {
     let resp = if yaml {

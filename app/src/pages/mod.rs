@@ -11,7 +11,8 @@ pub use workflow::WorkflowPage;
 /// Browser only, once the page (with its lazily loaded view) is hydrated: says so on the
 /// workspace element (`data-hydrated="true"`, which tests wait for) and as the
 /// `cairn:hydrated` mark in the Performance timeline, then fetches the other pages' views in
-/// the background so that following a link later does not wait for a chunk.
+/// the background (and the YAML reader) so that nothing the page does later waits for a chunk,
+/// or misses one when the server has been upgraded meanwhile.
 #[cfg(feature = "hydrate")]
 pub fn after_hydration() {
     use leptos_router::LazyRoute;
@@ -29,5 +30,6 @@ pub fn after_hydration() {
     leptos::task::spawn_local(async {
         <WorkflowPage as LazyRoute>::preload().await;
         <Home as LazyRoute>::preload().await;
+        crate::components::preload_yaml_reader();
     });
 }
