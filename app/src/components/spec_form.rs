@@ -82,7 +82,8 @@ pub fn StartForm() -> impl IntoView {
             .map(|r| r.into_iter().collect::<BTreeSet<String>>())
     };
     // The text read as YAML, for the text it was read from. The YAML reader is a WASM chunk
-    // of its own, loaded the first time the text is not JSON.
+    // of its own, fetched in the background once the page is live, or when the text is first
+    // YAML, whichever comes first.
     let yaml = RwSignal::new(None::<(String, Result<serde_json::Value, SpecErrors>)>);
     // `None` while the YAML reader is on its way.
     let verdict = Memo::new(move |_| {
@@ -229,8 +230,8 @@ pub fn StartForm() -> impl IntoView {
     }
 }
 
-/// The YAML half of the spec check, in a WASM chunk of its own: the YAML parser is only
-/// downloaded once someone types YAML.
+/// The YAML half of the spec check, in a WASM chunk of its own: no page needs the YAML parser
+/// to become interactive.
 #[cfg(feature = "hydrate")]
 #[lazy]
 fn read_yaml(text: String, json_error: Option<String>) -> Result<serde_json::Value, SpecErrors> {

@@ -7,8 +7,8 @@ use crate::components::StartForm;
 
 /// What a person sees first: what cairn is, and the form to start a workflow.
 ///
-/// A lazily loaded route: the form's spec validator and YAML parser are a WASM chunk of their
-/// own, which only this page downloads (the server preloads it when it renders the page).
+/// A lazily loaded route: the form and its spec validator are a WASM chunk of their own, which
+/// only this page needs (the server preloads it when it renders the page).
 pub struct Home;
 
 #[lazy_route]
