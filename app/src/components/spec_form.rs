@@ -111,13 +111,12 @@ pub fn StartForm() -> impl IntoView {
             }
         })
     });
-    // Reads the text as YAML when it needs it. It also reruns when a reading lands, so a
-    // reading of an older text (typing is faster than the chunk) is followed by one of the
-    // current text.
+    // Reads the text as YAML when the verdict waits for it (each edit of YAML text). A reading
+    // that lands after the text changed again is dropped: the newer text has its own.
     #[cfg(feature = "hydrate")]
     Effect::new(move |_| {
         let t = text.get();
-        if yaml.with(|y| y.as_ref().is_some_and(|(read, _)| *read == t)) {
+        if verdict.with(Option::is_some) {
             return;
         }
         let Ok(SpecText::Yaml { json_error }) = read_spec_text(&t, &ParseOptions::default()) else {
@@ -125,14 +124,16 @@ pub fn StartForm() -> impl IntoView {
         };
         leptos::task::spawn_local(async move {
             let v = read_yaml(t.clone(), json_error).await;
-            yaml.set(Some((t, v)));
+            if text.with_untracked(|now| *now == t) {
+                yaml.set(Some((t, v)));
+            }
         });
     });
     let invalid = move || verdict.with(|v| !matches!(v, Some(Ok(_))));
 
     let submit = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
-        if busy.get_untracked() || verdict.with_untracked(|v| !matches!(v, Some(Ok(_)))) {
+        if busy.get_untracked() || untrack(invalid) {
             return;
         }
         set_server_errors.set(vec![]);

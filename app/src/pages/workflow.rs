@@ -261,22 +261,22 @@ fn StepCard(
         step.with(|s| s.as_ref().map(|s| s.status.as_str()).unwrap_or("pending"))
     });
     let st = move || step.with(|s| s.as_ref().map(|s| s.status).unwrap_or(StepStatus::Pending));
+    // A step control: what the button says it did, the route under the step, the body.
+    let control = {
+        let step_id = step_id.clone();
+        move |label: String, route: &str, body: Option<String>| {
+            actions.run(
+                label,
+                format!("/api/workflows/{}/steps/{step_id}/{route}", wf_id()),
+                body,
+            )
+        }
+    };
+    let (retry_ctl, now_ctl, skip_ctl) = (control.clone(), control.clone(), control);
     let retry_id = step_id.clone();
-    let retry = move |_| {
-        actions.run(
-            format!("Retry {retry_id}"),
-            format!("/api/workflows/{}/steps/{retry_id}/retry", wf_id()),
-            None,
-        )
-    };
+    let retry = move |_| retry_ctl(format!("Retry {retry_id}"), "retry", None);
     let now_id = step_id.clone();
-    let retry_now = move |_| {
-        actions.run(
-            format!("Retry {now_id} now"),
-            format!("/api/workflows/{}/steps/{now_id}/retry-now", wf_id()),
-            None,
-        )
-    };
+    let retry_now = move |_| now_ctl(format!("Retry {now_id} now"), "retry-now", None);
     let skip_id = step_id.clone();
     let skip = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
@@ -287,11 +287,7 @@ fn StepCard(
             Some(serde_json::json!({ "output": out }).to_string())
         };
         set_skipping.set(false);
-        actions.run(
-            format!("Skip {skip_id}"),
-            format!("/api/workflows/{}/steps/{skip_id}/skip", wf_id()),
-            body,
-        );
+        skip_ctl(format!("Skip {skip_id}"), "skip", body);
     };
     let can_retry = move || {
         live.get()
