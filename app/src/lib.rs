@@ -7,9 +7,10 @@
 //!
 //! # Layout
 //! - [`shell`]: the HTML document around the app (server only).
-//! - [`App`]: router and the workspace layout every page shares.
+//! - [`App`]: the workspace layout every page shares, around the page shown.
 //! - `layout`: the sidebar + main panel frame.
-//! - `pages`: one module per page.
+//! - `nav`: which page is shown, and moving between pages without a reload.
+//! - `pages`: one module per page, and the switch between them.
 //! - `components`: reusable pieces (sidebar, start form, graph, badges).
 //! - `data`: where views read from: the store during SSR, the JSON API in the browser.
 //! - `live`: the browser's EventSource wrapper; `workspace`: the live sidebar state.
@@ -21,16 +22,13 @@ mod components;
 pub mod data;
 mod layout;
 mod live;
+pub mod nav;
 mod pages;
 mod time;
 mod workspace;
 
 use leptos::prelude::*;
 use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
-use leptos_router::{
-    Lazy, ParamSegment, StaticSegment,
-    components::{Route, Router, Routes},
-};
 
 /// The HTML document the server wraps around [`App`]: head, hydration scripts, body.
 pub fn shell(options: LeptosOptions) -> impl IntoView {
@@ -53,24 +51,18 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
     }
 }
 
-/// The whole application: the workspace layout around the routed page.
+/// The whole application: the workspace layout around the page the path names.
 #[component]
 pub fn App() -> impl IntoView {
     provide_meta_context();
     time::provide_clock();
     workspace::Workspace::provide();
+    let nav = nav::Nav::provide();
 
     view! {
         <Stylesheet id="leptos" href="/pkg/cairn.css"/>
         <Title text="cairn"/>
-        <Router>
-            <layout::Workspace>
-                <Routes fallback=pages::NotFound>
-                    <Route path=StaticSegment("") view={Lazy::<pages::Home>::new()}/>
-                    <Route path=(StaticSegment("workflows"), ParamSegment("id")) view={Lazy::<pages::WorkflowPage>::new()}/>
-                </Routes>
-            </layout::Workspace>
-        </Router>
+        <layout::Workspace>{move || pages::view(nav.page())}</layout::Workspace>
     }
 }
 
@@ -79,13 +71,15 @@ pub fn App() -> impl IntoView {
 #[wasm_bindgen::prelude::wasm_bindgen]
 pub fn hydrate() {
     console_error_panic_hook::set_once();
-    // Asynchronous hydration: the page being hydrated may live in a WASM chunk still on its way.
     wasm_bindgen_futures::spawn_local(async {
-        let Some(body) = leptos::prelude::document().body() else {
-            return;
-        };
-        let owner = leptos::mount::hydrate_from_async(body, App).await;
-        owner.forget();
+        // The page's view lives in a WASM chunk: fetch it first, so that hydration takes over
+        // the server's HTML in one pass.
+        let path = leptos::prelude::window()
+            .location()
+            .pathname()
+            .unwrap_or_default();
+        pages::preload(&nav::Page::from_path(&path)).await;
+        leptos::mount::hydrate_body(App);
         pages::after_hydration();
     });
 }

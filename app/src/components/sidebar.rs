@@ -2,11 +2,11 @@
 
 use cairn::{WorkflowStatus, WorkflowSummary};
 use leptos::prelude::*;
-use leptos_router::hooks::use_location;
 
 use crate::{
     components::Badge,
     data::load_workspace,
+    nav::{Page, use_nav},
     time::{duration_ms, percent, until, use_clock},
     workspace::use_workspace,
 };
@@ -120,12 +120,10 @@ pub fn Sidebar() -> impl IntoView {
 #[component]
 fn WorkflowRow(s: WorkflowSummary) -> impl IntoView {
     let now = use_clock();
-    let location = use_location();
+    let nav = use_nav();
     let href = format!("/workflows/{}", s.id);
-    let current = {
-        let href = href.clone();
-        move || (location.pathname.get() == href).then_some("page")
-    };
+    let page = Page::Workflow(s.id.clone());
+    let current = move || nav.is(&page).then_some("page");
     let pct = percent(s.progress.done, s.progress.total);
     let status = s.status.as_str();
     let detail = match s.status {

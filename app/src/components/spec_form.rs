@@ -69,6 +69,7 @@ steps:
 /// The form.
 #[component]
 pub fn StartForm() -> impl IntoView {
+    let nav = crate::nav::use_nav();
     let roles = Resource::new(|| (), |_| load_roles());
     let (text, set_text) = signal(EXAMPLES[0].1.to_string());
     let (server_errors, set_server_errors) = signal(Vec::<(String, String)>::new());
@@ -139,12 +140,11 @@ pub fn StartForm() -> impl IntoView {
         set_server_errors.set(vec![]);
         set_message.set(None);
         #[cfg(not(feature = "hydrate"))]
-        let _ = set_busy;
+        let _ = (set_busy, nav);
         #[cfg(feature = "hydrate")]
         {
             set_busy.set(true);
             let body = text.get_untracked();
-            let navigate = leptos_router::hooks::use_navigate();
             leptos::task::spawn_local(async move {
                 let key = format!(
                     "ui-{:x}{:x}",
@@ -155,7 +155,7 @@ pub fn StartForm() -> impl IntoView {
                 let result = post_spec(&body, &key, yaml).await;
                 set_busy.set(false);
                 match result {
-                    Ok(id) => navigate(&format!("/workflows/{id}"), Default::default()),
+                    Ok(id) => nav.go(&format!("/workflows/{id}")),
                     Err(crate::data::PostError::Invalid(d)) => set_server_errors.set(d),
                     Err(crate::data::PostError::Other(m)) => set_message.set(Some(m)),
                 }

@@ -1,24 +1,16 @@
 //! The workspace's landing page: start a workflow.
 
 use leptos::prelude::*;
-use leptos_router::{LazyRoute, lazy_route};
 
 use crate::components::StartForm;
 
 /// What a person sees first: what cairn is, and the form to start a workflow.
 ///
-/// A lazily loaded route: the form and its spec validator are a WASM chunk of their own, which
-/// only this page needs (the server preloads it when it renders the page).
-pub struct Home;
-
-#[lazy_route]
-impl LazyRoute for Home {
-    fn data() -> Self {
-        Home
-    }
-
-    fn view(_this: Self) -> AnyView {
-        view! {
+/// Lazily loaded: the form and its spec validator are a WASM chunk of their own, which only
+/// this page needs (the server names it for preloading when it renders the page).
+#[lazy]
+pub fn home_view() -> AnyView {
+    view! {
             <section class="panel intro">
                 <h1>"Workspace"</h1>
                 <p class="lede">
@@ -28,7 +20,6 @@ impl LazyRoute for Home {
                 </p>
             </section>
             <StartForm/>
-        }
-        .into_any()
     }
+    .into_any()
 }

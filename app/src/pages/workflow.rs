@@ -7,7 +7,6 @@
 
 use cairn::{EventRecord, StepState, StepStatus, WorkflowState, WorkflowStatus};
 use leptos::prelude::*;
-use leptos_router::{LazyRoute, hooks::use_params_map, lazy_route};
 
 use crate::{
     components::{Badge, Dag},
@@ -52,43 +51,29 @@ impl Actions {
     }
 }
 
-/// The page, a lazily loaded route: its views are a WASM chunk of their own, fetched in
-/// parallel with the workflow's state (and preloaded by the server when it renders the page).
-pub struct WorkflowPage {
-    loaded: Resource<Result<Option<WorkflowState>, String>>,
-}
-
-#[lazy_route]
-impl LazyRoute for WorkflowPage {
-    fn data() -> Self {
-        let params = use_params_map();
-        let id = move || params.read().get("id").unwrap_or_default();
-        Self {
-            loaded: Resource::new(id, load_workflow),
-        }
+/// The page for workflow `id`, lazily loaded: its views are a WASM chunk of their own (the
+/// server names it for preloading when it renders the page).
+#[lazy]
+pub fn workflow_page_view(id: String) -> AnyView {
+    let loaded = Resource::new(|| (), move |_| load_workflow(id.clone()));
+    view! {
+        <Suspense fallback=|| view! { <section class="panel"><p>"Loading…"</p></section> }>
+            {move || Suspend::new(async move {
+                match loaded.await {
+                    Ok(Some(state)) => view! { <Live initial=state/> }.into_any(),
+                    Ok(None) => view! {
+                        <section class="panel">
+                            <h1>"No such workflow"</h1>
+                            <p>"It may belong to another workspace, or the link is wrong. "
+                               <a href="/">"Back to the workspace"</a></p>
+                        </section>
+                    }.into_any(),
+                    Err(e) => view! { <section class="panel"><p class="form-error">{e}</p></section> }.into_any(),
+                }
+            })}
+        </Suspense>
     }
-
-    fn view(this: Self) -> AnyView {
-        let loaded = this.loaded;
-        view! {
-            <Suspense fallback=|| view! { <section class="panel"><p>"Loading…"</p></section> }>
-                {move || Suspend::new(async move {
-                    match loaded.await {
-                        Ok(Some(state)) => view! { <Live initial=state/> }.into_any(),
-                        Ok(None) => view! {
-                            <section class="panel">
-                                <h1>"No such workflow"</h1>
-                                <p>"It may belong to another workspace, or the link is wrong. "
-                                   <a href="/">"Back to the workspace"</a></p>
-                            </section>
-                        }.into_any(),
-                        Err(e) => view! { <section class="panel"><p class="form-error">{e}</p></section> }.into_any(),
-                    }
-                })}
-            </Suspense>
-        }
-        .into_any()
-    }
+    .into_any()
 }
 
 /// One workflow followed live from `initial`.

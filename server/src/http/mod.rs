@@ -11,14 +11,16 @@ pub mod workflows;
 use std::sync::Arc;
 
 use app::{
-    App,
     data::{BoxFuture, DataSource, WorkspaceData, WorkspaceSnapshot},
     shell,
 };
-use axum::{Router, extract::FromRef, routing::any};
+use axum::{
+    Router,
+    extract::FromRef,
+    routing::{any, get},
+};
 use cairn::WorkflowState;
 use leptos::prelude::{LeptosOptions, provide_context};
-use leptos_axum::{LeptosRoutes, generate_route_list};
 use tower_http::{services::ServeDir, trace::TraceLayer};
 
 use crate::{config::Config, engine::EngineHandle, live::StreamLimits, store::Store};
@@ -46,7 +48,6 @@ pub struct AppState {
 
 /// The whole application router.
 pub fn router(state: AppState) -> Router {
-    let routes = generate_route_list(App);
     let api = Router::new()
         .merge(health::router())
         .route("/api/roles", axum::routing::get(roles))
@@ -63,25 +64,28 @@ pub fn router(state: AppState) -> Router {
         .join(&*state.leptos_options.site_pkg_dir);
     let pkg_route = format!("/{}", state.leptos_options.site_pkg_dir);
 
+    // The pages: the app reads which one from the path (`app::nav::Page`), as the browser
+    // does. Any other path gets a file from the site root, or the app's not-found page (404).
+    // Rendering spawns tasks on Leptos' executor: tokio's (already set on a second call).
+    let _ = any_spawner::Executor::init_tokio();
+    let data: DataSource = Arc::new(PageData(state.clone()));
+    let provide_data = move || provide_context(data.clone());
+    let page = leptos_axum::render_app_to_stream_with_context(provide_data.clone(), {
+        let options = state.leptos_options.clone();
+        move || shell(options.clone())
+    });
     Router::new()
         .merge(api)
         .nest_service(
             &pkg_route,
             ServeDir::new(pkg).precompressed_br().precompressed_gzip(),
         )
-        .leptos_routes_with_context(
-            &state,
-            routes,
-            {
-                let data: DataSource = Arc::new(PageData(state.clone()));
-                move || provide_context(data.clone())
-            },
-            {
-                let options = state.leptos_options.clone();
-                move || shell(options.clone())
-            },
-        )
-        .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
+        .route("/", get(page.clone()))
+        .route("/workflows/{id}", get(page))
+        .fallback(leptos_axum::file_and_error_handler_with_context::<
+            AppState,
+            _,
+        >(provide_data, shell))
         // Bodies over the spec limit (plus room for JSON overhead) are refused while reading,
         // as a 413 the handlers turn into the JSON error shape.
         .layer(axum::extract::DefaultBodyLimit::max(2 * 1024 * 1024))
