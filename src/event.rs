@@ -10,14 +10,16 @@
 //! ```
 //!
 //! Optional fields may be omitted on input (absent means `None`); they are written as `null`.
+//! Fields may come in any order, and fields an event does not have are ignored.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, de::DeserializeOwned, de::Error as _};
+use serde_json::{Map, Value};
 
 use crate::spec::ValidSpec;
 
 /// One entry of the event log: an [`Event`] with its position and time.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Clone, Debug, PartialEq)]
 pub struct EventRecord {
     /// The event's id in the workspace's log, increasing. `0` means "not stored yet": the fold
     /// accepts it without moving [`crate::WorkflowState::last_event_id`].
@@ -65,7 +67,7 @@ impl LogStream {
 
 /// Something that happened to a workflow. The `type` tag on the wire is the dotted name
 /// ([`Event::type_name`]).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Clone, Debug, PartialEq)]
 #[serde(tag = "type")]
 pub enum Event {
     /// The workflow exists, with this spec. Always the first event.
@@ -74,7 +76,6 @@ pub enum Event {
         /// The parsed spec.
         spec: ValidSpec,
         /// Who submitted it.
-        #[serde(default)]
         by: Option<String>,
     },
     /// The engine started running it.
@@ -90,7 +91,6 @@ pub enum Event {
         /// The rendered task.
         task: String,
         /// The agent session this attempt continues (carried over from an earlier attempt).
-        #[serde(default)]
         session_id: Option<String>,
     },
     /// A line of a running attempt's output.
@@ -114,14 +114,12 @@ pub enum Event {
         /// The attempt that failed, or the current count for a manual retry.
         attempt: u32,
         /// Why the attempt failed.
-        #[serde(default)]
         error: Option<String>,
         /// The wait chosen.
         delay_ms: u64,
         /// When the next attempt may start.
         next_attempt_at: DateTime<Utc>,
         /// Who asked, for a manual retry.
-        #[serde(default)]
         by: Option<String>,
     },
     /// An attempt succeeded: the step is done.
@@ -134,7 +132,6 @@ pub enum Event {
         /// What downstream templates read as `{STEP.output}`.
         output: String,
         /// The agent session the attempt ran in, if the runner reported one.
-        #[serde(default)]
         session_id: Option<String>,
         /// How long the attempt took.
         duration_ms: u64,
@@ -157,10 +154,8 @@ pub enum Event {
         /// The step.
         step_id: String,
         /// The output to pretend it produced.
-        #[serde(default)]
         output: Option<String>,
         /// Who skipped it.
-        #[serde(default)]
         by: Option<String>,
     },
     /// Every step is done.
@@ -170,7 +165,6 @@ pub enum Event {
     #[serde(rename = "workflow.failed")]
     WorkflowFailed {
         /// The step whose failure failed it, if one did.
-        #[serde(default)]
         step_id: Option<String>,
         /// Why.
         error: String,
@@ -179,10 +173,8 @@ pub enum Event {
     #[serde(rename = "workflow.cancelled")]
     WorkflowCancelled {
         /// Who.
-        #[serde(default)]
         by: Option<String>,
         /// Why, if they said.
-        #[serde(default)]
         reason: Option<String>,
     },
     /// The engine that owned the workflow lost it (process died, lease expired).
@@ -191,14 +183,12 @@ pub enum Event {
         /// What was noticed.
         reason: String,
         /// The engine instance that held the lease.
-        #[serde(default)]
         previous_owner: Option<String>,
     },
     /// The workflow runs again (after a stall, a failure, a cancel or a pause).
     #[serde(rename = "workflow.resumed")]
     WorkflowResumed {
         /// Who asked (`None` for an automatic takeover).
-        #[serde(default)]
         by: Option<String>,
     },
 }
@@ -253,6 +243,131 @@ impl Event {
             Event::WorkflowFailed { step_id, .. } => step_id.as_deref(),
             _ => None,
         }
+    }
+}
+
+// Reading events.
+//
+// Serde's derived reader for this shape (an internally tagged enum, flattened into the record)
+// buffers each object into an intermediate tree and compiles a second reader for every variant
+// on top of it: that was the largest single piece of the browser's WASM. Reading the object
+// once into JSON values and taking each field by name does the same job with a fraction of
+// the code, and the rules stay those of the derive: absent or `null` optional fields are
+// `None`, unknown fields are ignored.
+
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut fields = Fields(Map::deserialize(deserializer)?);
+        Event::from_fields(&mut fields).map_err(D::Error::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for EventRecord {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut fields = Fields(Map::deserialize(deserializer)?);
+        EventRecord::from_fields(&mut fields).map_err(D::Error::custom)
+    }
+}
+
+impl EventRecord {
+    fn from_fields(f: &mut Fields) -> Result<EventRecord, String> {
+        Ok(EventRecord {
+            id: f.required("id")?,
+            workflow_id: f.required("workflow_id")?,
+            at: f.required("at")?,
+            event: Event::from_fields(f)?,
+        })
+    }
+}
+
+/// The fields of one event object, taken out by name.
+struct Fields(Map<String, Value>);
+
+impl Fields {
+    fn required<T: DeserializeOwned>(&mut self, name: &str) -> Result<T, String> {
+        let value = self
+            .0
+            .remove(name)
+            .ok_or_else(|| format!("missing field `{name}`"))?;
+        T::deserialize(value).map_err(|e| format!("field `{name}`: {e}"))
+    }
+
+    fn optional<T: DeserializeOwned>(&mut self, name: &str) -> Result<Option<T>, String> {
+        match self.0.remove(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(value) => T::deserialize(value)
+                .map(Some)
+                .map_err(|e| format!("field `{name}`: {e}")),
+        }
+    }
+}
+
+impl Event {
+    /// The event an object's fields describe, by its `type`.
+    fn from_fields(f: &mut Fields) -> Result<Event, String> {
+        let ty: String = f.required("type")?;
+        Ok(match ty.as_str() {
+            "workflow.created" => Event::WorkflowCreated {
+                spec: f.required("spec")?,
+                by: f.optional("by")?,
+            },
+            "workflow.started" => Event::WorkflowStarted {},
+            "step.started" => Event::StepStarted {
+                step_id: f.required("step_id")?,
+                attempt: f.required("attempt")?,
+                task: f.required("task")?,
+                session_id: f.optional("session_id")?,
+            },
+            "step.log" => Event::StepLog {
+                step_id: f.required("step_id")?,
+                attempt: f.required("attempt")?,
+                stream: f.required("stream")?,
+                line: f.required("line")?,
+            },
+            "step.retrying" => Event::StepRetrying {
+                step_id: f.required("step_id")?,
+                attempt: f.required("attempt")?,
+                error: f.optional("error")?,
+                delay_ms: f.required("delay_ms")?,
+                next_attempt_at: f.required("next_attempt_at")?,
+                by: f.optional("by")?,
+            },
+            "step.completed" => Event::StepCompleted {
+                step_id: f.required("step_id")?,
+                attempt: f.required("attempt")?,
+                output: f.required("output")?,
+                session_id: f.optional("session_id")?,
+                duration_ms: f.required("duration_ms")?,
+            },
+            "step.failed" => Event::StepFailed {
+                step_id: f.required("step_id")?,
+                attempt: f.required("attempt")?,
+                error: f.required("error")?,
+                duration_ms: f.required("duration_ms")?,
+            },
+            "step.skipped" => Event::StepSkipped {
+                step_id: f.required("step_id")?,
+                output: f.optional("output")?,
+                by: f.optional("by")?,
+            },
+            "workflow.completed" => Event::WorkflowCompleted {},
+            "workflow.failed" => Event::WorkflowFailed {
+                step_id: f.optional("step_id")?,
+                error: f.required("error")?,
+            },
+            "workflow.cancelled" => Event::WorkflowCancelled {
+                by: f.optional("by")?,
+                reason: f.optional("reason")?,
+            },
+            "workflow.stalled" => Event::WorkflowStalled {
+                reason: f.required("reason")?,
+                previous_owner: f.optional("previous_owner")?,
+            },
+            "workflow.resumed" => Event::WorkflowResumed {
+                by: f.optional("by")?,
+            },
+            other => return Err(format!("unknown event type `{other}`")),
+        })
     }
 }
 
@@ -409,6 +524,44 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn fields_may_come_in_any_order_and_unknown_ones_are_ignored() {
+        let rec: EventRecord = serde_json::from_str(
+            r#"{"attempt":2,"step_id":"a","session_id":null,"later":{"x":[1]},"output":"ok",
+                "duration_ms":5,"type":"step.completed","at":"2026-01-02T03:04:05Z","id":7,
+                "workflow_id":"w"}"#,
+        )
+        .unwrap();
+        assert_eq!(rec.id, 7);
+        assert_eq!(
+            rec.event,
+            Event::StepCompleted {
+                step_id: "a".into(),
+                attempt: 2,
+                output: "ok".into(),
+                session_id: None,
+                duration_ms: 5
+            }
+        );
+    }
+
+    #[test]
+    fn a_bad_event_says_which_field_is_wrong() {
+        let err =
+            |v: serde_json::Value| serde_json::from_value::<Event>(v).unwrap_err().to_string();
+        assert!(
+            err(json!({"type": "step.teleported"}))
+                .contains("unknown event type `step.teleported`")
+        );
+        assert!(
+            err(json!({"type": "step.failed", "step_id": "a", "attempt": 1, "duration_ms": 3}))
+                .contains("missing field `error`")
+        );
+        assert!(err(json!({"type": "step.log", "step_id": "a", "attempt": "one", "stream": "stdout", "line": ""}))
+            .contains("field `attempt`"));
+        assert!(err(json!(["step.log"])).contains("map"));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! `cairn` type, and anything live is folded on top with `WorkflowState::apply`.
 
 use cairn::{EventRecord, WorkflowState, WorkflowSummary};
-use serde::{Deserialize, Serialize};
+use leptos::prelude::Resource;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// The workspace list and the log position it reflects.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -15,6 +16,49 @@ pub struct WorkspaceSnapshot {
     pub workflows: Vec<WorkflowSummary>,
     /// Follow the live feed after this event id.
     pub last_event_id: i64,
+}
+
+/// Reads JSON text as a `T`, by way of a `serde_json::Value`.
+///
+/// Everything the browser reads goes through here: answers, stream frames and (through
+/// [`JsonViaValue`]) the data a page was rendered with. Serde compiles a reader per type *and*
+/// per source it reads from; with one source each type's reader is in the WASM once.
+pub fn decode<T: DeserializeOwned>(text: &str) -> Result<T, serde_json::Error> {
+    T::deserialize(serde_json::from_str::<serde_json::Value>(text)?)
+}
+
+/// How a resource's value travels from the server to the browser with the page: JSON,
+/// read back with [`decode`].
+pub struct JsonViaValue;
+
+impl<T: Serialize> codee::Encoder<T> for JsonViaValue {
+    type Error = serde_json::Error;
+    type Encoded = String;
+
+    fn encode(value: &T) -> Result<String, serde_json::Error> {
+        serde_json::to_string(value)
+    }
+}
+
+impl<T: DeserializeOwned> codee::Decoder<T> for JsonViaValue {
+    type Error = serde_json::Error;
+    type Encoded = str;
+
+    fn decode(text: &str) -> Result<T, serde_json::Error> {
+        decode(text)
+    }
+}
+
+/// A view's data, loaded once: on the server while rendering (and sent with the page), in the
+/// browser when the view is created after the page is live.
+pub fn load_once<T, Fut>(
+    load: impl Fn() -> Fut + Send + Sync + 'static,
+) -> Resource<T, JsonViaValue>
+where
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    Resource::new_with_options(|| (), move |()| load(), false)
 }
 
 /// What the server gives the views to read during server rendering.
@@ -140,7 +184,11 @@ async fn get_json<T: for<'de> Deserialize<'de>>(url: &str) -> Result<T, String> 
     if !resp.ok() {
         return Err(format!("{} {}", resp.status(), error_message(resp).await));
     }
-    resp.json().await.map_err(|e| format!("bad answer: {e}"))
+    let text = resp
+        .text()
+        .await
+        .map_err(|e| format!("network error: {e}"))?;
+    decode(&text).map_err(|e| format!("bad answer: {e}"))
 }
 
 #[cfg(all(not(feature = "hydrate"), not(feature = "ssr")))]
@@ -159,11 +207,11 @@ async fn error_message(resp: gloo_net::http::Response) -> String {
     struct Inner {
         message: String,
     }
-    let text = resp.status_text();
-    resp.json::<Body>()
-        .await
-        .map(|b| b.error.message)
-        .unwrap_or(text)
+    let status = resp.status_text();
+    match resp.text().await.map(|t| decode::<Body>(&t)) {
+        Ok(Ok(body)) => body.error.message,
+        _ => status,
+    }
 }
 
 /// What a `POST` answered: the problems of a refused spec, or a message.
@@ -198,7 +246,10 @@ pub async fn post_json(
         .await
         .map_err(|e| PostError::Other(format!("network error: {e}")))?;
     let status = resp.status();
-    let value: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+    let value: serde_json::Value = match resp.text().await {
+        Ok(text) => decode(&text).unwrap_or(serde_json::Value::Null),
+        Err(_) => serde_json::Value::Null,
+    };
     if (200..300).contains(&status) {
         return Ok(value);
     }

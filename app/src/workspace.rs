@@ -166,7 +166,7 @@ impl Workspace {
                     if ty == "snapshot" {
                         return;
                     }
-                    if let Ok(rec) = serde_json::from_str::<EventRecord>(data) {
+                    if let Ok(rec) = crate::data::decode::<EventRecord>(data) {
                         me.apply(rec);
                     }
                 },

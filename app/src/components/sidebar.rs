@@ -5,7 +5,7 @@ use leptos::prelude::*;
 
 use crate::{
     components::Badge,
-    data::load_workspace,
+    data::{load_once, load_workspace},
     nav::{Page, use_nav},
     time::{duration_ms, percent, until, use_clock},
     workspace::use_workspace,
@@ -25,7 +25,7 @@ fn is_active(s: WorkflowStatus) -> bool {
 #[component]
 pub fn Sidebar() -> impl IntoView {
     let ws = use_workspace();
-    let snapshot = Resource::new(|| (), |_| load_workspace());
+    let snapshot = load_once(load_workspace);
     let (filter, set_filter) = signal("all".to_string());
 
     // Follow the live feed once the snapshot is in (browser only: effects do not run on

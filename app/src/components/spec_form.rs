@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use cairn::{ParseOptions, SpecErrors, SpecText, ValidSpec, parse_spec_value, read_spec_text};
 use leptos::prelude::*;
 
-use crate::data::load_roles;
+use crate::data::{load_once, load_roles};
 
 /// The ready examples: (label, spec).
 pub const EXAMPLES: [(&str, &str); 3] = [
@@ -70,7 +70,7 @@ steps:
 #[component]
 pub fn StartForm() -> impl IntoView {
     let nav = crate::nav::use_nav();
-    let roles = Resource::new(|| (), |_| load_roles());
+    let roles = load_once(load_roles);
     let (text, set_text) = signal(EXAMPLES[0].1.to_string());
     let (server_errors, set_server_errors) = signal(Vec::<(String, String)>::new());
     let (message, set_message) = signal(None::<String>);
@@ -259,7 +259,10 @@ async fn post_spec(body: &str, key: &str, yaml: bool) -> Result<String, crate::d
             .send()
             .await
             .map_err(|e| crate::data::PostError::Other(e.to_string()))?;
-        let v: serde_json::Value = resp.json().await.unwrap_or_default();
+        let v: serde_json::Value = match resp.text().await {
+            Ok(text) => crate::data::decode(&text).unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        };
         if resp.ok() {
             v
         } else {

@@ -10,7 +10,7 @@ use leptos::prelude::*;
 
 use crate::{
     components::{Badge, Dag},
-    data::load_workflow,
+    data::{load_once, load_workflow},
     live::Connection,
     time::{ago, clock_time, duration_ms, percent, until, use_clock},
 };
@@ -55,7 +55,7 @@ impl Actions {
 /// server names it for preloading when it renders the page).
 #[lazy]
 pub fn workflow_page_view(id: String) -> AnyView {
-    let loaded = Resource::new(|| (), move |_| load_workflow(id.clone()));
+    let loaded = load_once(move || load_workflow(id.clone()));
     view! {
         <Suspense fallback=|| view! { <section class="panel"><p>"Loading…"</p></section> }>
             {move || Suspend::new(async move {
@@ -95,10 +95,10 @@ fn Live(initial: WorkflowState) -> impl IntoView {
             initial.last_event_id,
             move |ty, data, _| {
                 if ty == "snapshot" {
-                    if let Ok(s) = serde_json::from_str::<WorkflowState>(data) {
+                    if let Ok(s) = crate::data::decode::<WorkflowState>(data) {
                         state.set(s);
                     }
-                } else if let Ok(rec) = serde_json::from_str::<EventRecord>(data) {
+                } else if let Ok(rec) = crate::data::decode::<EventRecord>(data) {
                     state.update(|s| {
                         if rec.id > s.last_event_id {
                             let _ = s.apply(&rec);
