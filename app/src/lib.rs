@@ -28,10 +28,16 @@ mod time;
 mod workspace;
 
 use leptos::prelude::*;
-use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
 
 /// The HTML document the server wraps around [`App`]: head, hydration scripts, body.
+///
+/// The title and the stylesheet never change, so they are plain tags here rather than
+/// `leptos_meta` components in the app, which would put that crate in the browser's WASM.
+/// `MetaTags` stays: it is where the server names the page's WASM chunk for preloading.
+#[cfg(feature = "ssr")]
 pub fn shell(options: LeptosOptions) -> impl IntoView {
+    use leptos_meta::MetaTags;
+
     view! {
         <!DOCTYPE html>
         <html lang="en">
@@ -39,6 +45,8 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
                 <meta charset="utf-8"/>
                 <meta name="viewport" content="width=device-width, initial-scale=1"/>
                 <meta name="color-scheme" content="light dark"/>
+                <title>"cairn"</title>
+                <link rel="stylesheet" href="/pkg/cairn.css"/>
                 <link rel="icon" href="/favicon.ico"/>
                 <AutoReload options=options.clone()/>
                 <HydrationScripts options/>
@@ -54,14 +62,11 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
 /// The whole application: the workspace layout around the page the path names.
 #[component]
 pub fn App() -> impl IntoView {
-    provide_meta_context();
     time::provide_clock();
     workspace::Workspace::provide();
     let nav = nav::Nav::provide();
 
     view! {
-        <Stylesheet id="leptos" href="/pkg/cairn.css"/>
-        <Title text="cairn"/>
         <layout::Workspace>{move || pages::view(nav.page())}</layout::Workspace>
     }
 }
