@@ -1,5 +1,6 @@
 //! One module per page, and the switch between them.
 
+mod history;
 mod home;
 mod not_found;
 mod workflow;
