@@ -20,6 +20,7 @@
 
 mod components;
 pub mod data;
+mod html;
 mod layout;
 mod live;
 pub mod nav;

@@ -74,6 +74,9 @@ test("failure: each attempt's error and the countdown show; Retry now and Retry 
   await page.goto(`/workflows/${id}`);
   await hydrated(page);
   const call = step(page, "call");
+  // The graph's node is a link to the step's card.
+  await page.locator('.dag a[href="#step-call"]').click();
+  await expect(page).toHaveURL(new RegExp(`/workflows/${id}#step-call$`));
   await expect(call).toHaveAttribute("data-status", "retrying");
   await expect(call.getByTestId("countdown")).toHaveText(/next attempt in (9|10)m/);
   await expect(call.getByTestId("attempts")).toContainText("503 upstream busy");
