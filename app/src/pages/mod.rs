@@ -3,6 +3,7 @@
 mod history;
 mod home;
 mod not_found;
+mod step_card;
 mod workflow;
 
 use leptos::prelude::*;
