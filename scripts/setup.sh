@@ -3,7 +3,8 @@
 # Safe to run again and again; both scripts/run.sh and scripts/test.sh call it.
 #
 # Needs: Debian/Ubuntu with rustup, Node.js and npm. Everything else comes from here:
-#   - the Rust toolchain and wasm32 target pinned in rust-toolchain.toml
+#   - the Rust toolchain and wasm32 target pinned in rust-toolchain.toml, and the nightly
+#     (with rust-src) that compiles the release WASM, pinned in scripts/env.sh
 #   - cargo-leptos (pinned, --locked), wasm-bindgen-cli (= the version in Cargo.lock)
 #   - wasm-opt, from the npm package binaryen pinned in package-lock.json
 #   - Playwright, from package-lock.json, and Debian's chromium for the browser tests
@@ -19,6 +20,14 @@ if ! rustup toolchain list | grep -q "^$toolchain"; then
 fi
 # Idempotent and quick when present; also adds the components/target if one is missing.
 rustup toolchain install "$toolchain" --profile minimal -c rustfmt,clippy -t wasm32-unknown-unknown >/dev/null
+
+# The release WASM's toolchain (scripts/env.sh): a pinned nightly with the standard library's
+# source, so that the bundle's std is compiled for size.
+source scripts/env.sh
+if ! rustup toolchain list | grep -q "^$WASM_TOOLCHAIN"; then
+  say "installing Rust $WASM_TOOLCHAIN for the browser bundle"
+fi
+rustup toolchain install "$WASM_TOOLCHAIN" --profile minimal -c rust-src -t wasm32-unknown-unknown >/dev/null
 
 if ! cargo leptos --version 2>/dev/null | grep -q "$CARGO_LEPTOS_VERSION"; then
   say "installing cargo-leptos $CARGO_LEPTOS_VERSION (about 15 minutes on 2 cores, once)"
