@@ -35,6 +35,54 @@ pub fn push_fmt(out: &mut String, args: std::fmt::Arguments<'_>) {
     let _ = out.write_fmt(args);
 }
 
+/// Keeps an element's markup current: whenever `html` changes, the element `el` returns gets
+/// it as its content. Keyboard focus inside survives the redraw: the element that had it is
+/// found again by its `key` attribute (a link's `href`, a button's `data-event`) and focused.
+/// Browser only; the server renders the first text with `inner_html`.
+pub fn follow(
+    el: impl Fn() -> Option<leptos::web_sys::Element> + 'static,
+    html: impl Fn() -> String + 'static,
+    key: &'static str,
+) {
+    #[cfg(feature = "hydrate")]
+    leptos::prelude::Effect::new(move |shown: Option<String>| {
+        let text = html();
+        // The first run is hydration: the server's text is already there.
+        if shown.is_some_and(|s| s != text)
+            && let Some(el) = el()
+        {
+            replace_keeping_focus(&el, &text, key);
+        }
+        text
+    });
+    #[cfg(not(feature = "hydrate"))]
+    let _ = (el, html, key);
+}
+
+/// Sets `el`'s content to `html`, and focuses again the element with the same `key` attribute
+/// as the one inside that had the focus.
+#[cfg(feature = "hydrate")]
+fn replace_keeping_focus(el: &web_sys::Element, html: &str, key: &str) {
+    use wasm_bindgen::JsCast;
+    let focused = leptos::prelude::document()
+        .active_element()
+        .filter(|f| el.contains(Some(f)))
+        .and_then(|f| f.get_attribute(key));
+    el.set_inner_html(html);
+    let Some(value) = focused else { return };
+    let found = el
+        .query_selector_all(&format!("[{key}]"))
+        .ok()
+        .and_then(|all| {
+            (0..all.length())
+                .filter_map(|i| all.item(i)?.dyn_into::<web_sys::HtmlElement>().ok())
+                .find(|e| e.get_attribute(key).as_deref() == Some(value.as_str()))
+        });
+    if let Some(e) = found {
+        let _ = e.focus();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -167,6 +167,31 @@ test("history: clicking an event shows the workflow as it was then", async ({ pa
   await expect(step(page, "two")).toHaveAttribute("data-status", "pending");
   await page.getByRole("button", { name: "Back to live" }).click();
   await expect(step(page, "two")).toHaveAttribute("data-status", "completed");
+
+  // By keyboard: the timeline is redrawn to mark the event shown, and the focus stays on it.
+  const started = items.filter({ hasText: "step.started" }).first().getByRole("button");
+  await started.focus();
+  await page.keyboard.press("Enter");
+  await expect(page.getByTestId("time-travel")).toContainText("Viewing the workflow as it was");
+  await expect(items.filter({ hasText: "step.started" }).first()).toHaveClass(/selected/);
+  await expect(started).toBeFocused();
+});
+
+test("keyboard: a sidebar row opens its workflow and keeps the focus while the list is redrawn", async ({ page, request }) => {
+  const id = await startVia(request, {
+    name: "by-keyboard",
+    steps: [{ id: "only", role: "developer", task: "1", params: { duration_ms: 10 } }],
+  });
+  await page.goto("/");
+  await hydrated(page);
+  const link = page.getByTestId("workflow-list").locator(`a[href="/workflows/${id}"]`);
+  await link.focus();
+  await page.keyboard.press("Enter");
+  await expect(page).toHaveURL(new RegExp(`/workflows/${id}$`));
+  // The row is now marked as the page shown (the list was redrawn), and still has the focus.
+  await expect(link).toHaveAttribute("aria-current", "page");
+  await expect(link).toBeFocused();
+  await expect(page.getByTestId("workflow-name")).toHaveText("by-keyboard");
 });
 
 test("restart: the page says reconnecting, then catches up without showing an event twice", async ({ browser }) => {

@@ -1,10 +1,16 @@
 //! A workflow's history: its event log as a timeline; clicking an event shows the workflow
 //! as it was right after it (the fold stopped there).
+//!
+//! The timeline only displays, so it is markup text ([`timeline_html`]); its buttons carry
+//! the event's id, and one click handler on the list reads it.
 
 use cairn::{EventRecord, WorkflowState};
-use leptos::prelude::*;
+use leptos::{html::Ol, prelude::*};
 
-use crate::time::clock_time;
+use crate::{
+    html::{push_escaped, push_fmt},
+    time::clock_time,
+};
 
 /// The event log as a timeline; clicking an event shows the workflow as it was then.
 #[component]
@@ -48,17 +54,28 @@ pub fn History(
             load();
         }
     };
-    let wf = id.clone();
     // The fold stopped early: the state as it was right after event `upto`.
-    let travel = Callback::new(move |upto: i64| {
-        let mut s = WorkflowState::new(wf.clone());
+    let travel = move |upto: i64| {
+        let mut s = WorkflowState::new(id.clone());
         events.with_untracked(|evs| {
             for e in evs.iter().take_while(|e| e.id <= upto) {
                 let _ = s.apply(e);
             }
         });
         viewing.set(Some((upto, s)));
-    });
+    };
+    let pick = move |ev: leptos::ev::MouseEvent| {
+        if let Some(id) = picked_event(&ev) {
+            travel(id);
+        }
+    };
+    let html = move || {
+        let selected = viewing.with(|v| v.as_ref().map(|(i, _)| *i));
+        events.with(|evs| timeline_html(evs, selected))
+    };
+    let list = NodeRef::<Ol>::new();
+    crate::html::follow(move || list.get().map(Into::into), html, "data-event");
+
     view! {
         <section class="panel history" aria-label="History">
             <div class="panel-head">
@@ -67,27 +84,97 @@ pub fn History(
                     {move || if open.get() { "Hide events" } else { "Show events" }}
                 </button>
             </div>
-            {move || error.get().map(|e| view! { <p class="form-error">{e}</p> })}
-            <Show when=move || open.get()>
-                <ol class="timeline" data-testid="timeline">
-                    <For each=move || events.get() key=|e| e.id let:e>
-                        {
-                            let id = e.id;
-                            let selected = move || viewing.with(|v| v.as_ref().is_some_and(|(i, _)| *i == id));
-                            view! {
-                                <li class=move || if selected() { "tl-item selected" } else { "tl-item" }>
-                                    <button class="tl-button" on:click=move |_| travel.run(id)>
-                                        <span class="tl-time mono">{clock_time(e.at)}</span>
-                                        <span class=format!("tl-type tl-{}", e.event.type_name().replace('.', "-"))>{e.event.type_name()}</span>
-                                        <span class="tl-step">{e.event.step_id().map(str::to_string).unwrap_or_default()}</span>
-                                        <span class="tl-id muted">{format!("#{id}")}</span>
-                                    </button>
-                                </li>
-                            }
-                        }
-                    </For>
-                </ol>
-            </Show>
+            <p class="form-error" hidden=move || error.with(Option::is_none)>{move || error.get()}</p>
+            <ol class="timeline" data-testid="timeline" node_ref=list on:click=pick
+                hidden=move || !open.get() inner_html=untrack(html)></ol>
         </section>
+    }
+}
+
+/// The id of the event whose button a click landed on.
+fn picked_event(ev: &leptos::ev::MouseEvent) -> Option<i64> {
+    #[cfg(feature = "hydrate")]
+    {
+        use wasm_bindgen::JsCast;
+        let target = ev.target()?.dyn_into::<web_sys::Element>().ok()?;
+        target
+            .closest("[data-event]")
+            .ok()??
+            .get_attribute("data-event")?
+            .parse()
+            .ok()
+    }
+    #[cfg(not(feature = "hydrate"))]
+    {
+        let _ = ev;
+        None
+    }
+}
+
+/// One button per event: its time, type, step and id; `selected` is the event shown.
+fn timeline_html(events: &[EventRecord], selected: Option<i64>) -> String {
+    let mut out = String::with_capacity(events.len() * 220);
+    for e in events {
+        let ty = e.event.type_name();
+        push_fmt(
+            &mut out,
+            format_args!(
+                r#"<li class="tl-item{}"><button class="tl-button" data-event="{}"><span class="tl-time mono">{}</span><span class="tl-type tl-{}">{ty}</span><span class="tl-step">"#,
+                if selected == Some(e.id) {
+                    " selected"
+                } else {
+                    ""
+                },
+                e.id,
+                clock_time(e.at),
+                ty.replace('.', "-"),
+            ),
+        );
+        push_escaped(&mut out, e.event.step_id().unwrap_or_default());
+        push_fmt(
+            &mut out,
+            format_args!(
+                r##"</span><span class="tl-id muted">#{}</span></button></li>"##,
+                e.id
+            ),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn::Event;
+
+    use super::*;
+
+    #[test]
+    fn each_event_is_a_button_with_its_id_and_the_shown_one_is_marked() {
+        let at = "2026-01-01T12:00:05Z".parse().unwrap();
+        let events = vec![
+            EventRecord::new(3, "wf", at, Event::WorkflowStarted {}),
+            EventRecord::new(
+                4,
+                "wf",
+                at,
+                Event::StepFailed {
+                    step_id: "<ship>".into(),
+                    attempt: 1,
+                    error: "x".into(),
+                    duration_ms: 5,
+                },
+            ),
+        ];
+        let html = timeline_html(&events, Some(4));
+        assert_eq!(html.matches("<button").count(), 2, "{html}");
+        assert!(html.contains(r#"<li class="tl-item"><button class="tl-button" data-event="3"><span class="tl-time mono">12:00:05</span><span class="tl-type tl-workflow-started">workflow.started</span>"#));
+        assert!(
+            html.contains(
+                r#"<li class="tl-item selected"><button class="tl-button" data-event="4">"#
+            )
+        );
+        assert!(html.contains(
+            r#"<span class="tl-step">&lt;ship&gt;</span><span class="tl-id muted">#4</span>"#
+        ));
     }
 }
