@@ -274,7 +274,7 @@ impl EventRecord {
         Ok(EventRecord {
             id: f.required("id")?,
             workflow_id: f.required("workflow_id")?,
-            at: f.required("at")?,
+            at: f.time("at")?,
             event: Event::from_fields(f)?,
         })
     }
@@ -290,6 +290,12 @@ impl Fields {
             .remove(name)
             .ok_or_else(|| format!("missing field `{name}`"))?;
         T::deserialize(value).map_err(|e| format!("field `{name}`: {e}"))
+    }
+
+    /// A timestamp, read strictly as RFC 3339 (see [`crate::rfc3339`]).
+    fn time(&mut self, name: &str) -> Result<DateTime<Utc>, String> {
+        let text: String = self.required(name)?;
+        crate::rfc3339::parse(&text).map_err(|e| format!("field `{name}`: {e}"))
     }
 
     fn optional<T: DeserializeOwned>(&mut self, name: &str) -> Result<Option<T>, String> {
@@ -329,7 +335,7 @@ impl Event {
                 attempt: f.required("attempt")?,
                 error: f.optional("error")?,
                 delay_ms: f.required("delay_ms")?,
-                next_attempt_at: f.required("next_attempt_at")?,
+                next_attempt_at: f.time("next_attempt_at")?,
                 by: f.optional("by")?,
             },
             "step.completed" => Event::StepCompleted {

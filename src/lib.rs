@@ -28,6 +28,7 @@
 
 pub mod event;
 pub mod retry;
+pub mod rfc3339;
 pub mod spec;
 pub mod state;
 pub mod summary;

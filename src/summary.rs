@@ -22,18 +22,21 @@ pub struct WorkflowSummary {
     /// Steps running or waiting for a retry.
     pub current_steps: Vec<String>,
     /// The earliest pending retry, if a step is backing off.
+    #[serde(default, deserialize_with = "crate::rfc3339::option")]
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// The workflow's error, when it failed.
     pub error: Option<String>,
     /// Creation time.
+    #[serde(default, deserialize_with = "crate::rfc3339::option")]
     pub created_at: Option<DateTime<Utc>>,
     /// When it started running.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::rfc3339::option")]
     pub started_at: Option<DateTime<Utc>>,
     /// When it finished (completed, failed or cancelled).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::rfc3339::option")]
     pub finished_at: Option<DateTime<Utc>>,
     /// Last change.
+    #[serde(default, deserialize_with = "crate::rfc3339::option")]
     pub updated_at: Option<DateTime<Utc>>,
     /// The last event folded into it.
     pub last_event_id: i64,
