@@ -13,10 +13,9 @@
 //! Fields may come in any order, and fields an event does not have are ignored.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Deserializer, Serialize, de::DeserializeOwned, de::Error as _};
-use serde_json::{Map, Value};
+use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::spec::ValidSpec;
+use crate::{spec::ValidSpec, wire::Fields};
 
 /// One entry of the event log: an [`Event`] with its position and time.
 #[derive(Serialize, Clone, Debug, PartialEq)]
@@ -257,15 +256,13 @@ impl Event {
 
 impl<'de> Deserialize<'de> for Event {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let mut fields = Fields(Map::deserialize(deserializer)?);
-        Event::from_fields(&mut fields).map_err(D::Error::custom)
+        Fields::read(deserializer, Event::from_fields)
     }
 }
 
 impl<'de> Deserialize<'de> for EventRecord {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let mut fields = Fields(Map::deserialize(deserializer)?);
-        EventRecord::from_fields(&mut fields).map_err(D::Error::custom)
+        Fields::read(deserializer, EventRecord::from_fields)
     }
 }
 
@@ -277,34 +274,6 @@ impl EventRecord {
             at: f.time("at")?,
             event: Event::from_fields(f)?,
         })
-    }
-}
-
-/// The fields of one event object, taken out by name.
-struct Fields(Map<String, Value>);
-
-impl Fields {
-    fn required<T: DeserializeOwned>(&mut self, name: &str) -> Result<T, String> {
-        let value = self
-            .0
-            .remove(name)
-            .ok_or_else(|| format!("missing field `{name}`"))?;
-        T::deserialize(value).map_err(|e| format!("field `{name}`: {e}"))
-    }
-
-    /// A timestamp, read strictly as RFC 3339 (see [`crate::rfc3339`]).
-    fn time(&mut self, name: &str) -> Result<DateTime<Utc>, String> {
-        let text: String = self.required(name)?;
-        crate::rfc3339::parse(&text).map_err(|e| format!("field `{name}`: {e}"))
-    }
-
-    fn optional<T: DeserializeOwned>(&mut self, name: &str) -> Result<Option<T>, String> {
-        match self.0.remove(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(value) => T::deserialize(value)
-                .map(Some)
-                .map_err(|e| format!("field `{name}`: {e}")),
-        }
     }
 }
 

@@ -34,6 +34,7 @@ pub mod state;
 pub mod summary;
 pub mod template;
 mod validate;
+mod wire;
 
 #[cfg(test)]
 mod testkit;

@@ -4,12 +4,12 @@
 //! full view of a workflow cannot disagree.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::state::{Progress, WorkflowState, WorkflowStatus};
 
 /// A row of the workflow list.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Clone, Debug, PartialEq)]
 pub struct WorkflowSummary {
     /// Workflow id.
     pub id: String,
@@ -22,21 +22,16 @@ pub struct WorkflowSummary {
     /// Steps running or waiting for a retry.
     pub current_steps: Vec<String>,
     /// The earliest pending retry, if a step is backing off.
-    #[serde(default, deserialize_with = "crate::rfc3339::option")]
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// The workflow's error, when it failed.
     pub error: Option<String>,
     /// Creation time.
-    #[serde(default, deserialize_with = "crate::rfc3339::option")]
     pub created_at: Option<DateTime<Utc>>,
     /// When it started running.
-    #[serde(default, deserialize_with = "crate::rfc3339::option")]
     pub started_at: Option<DateTime<Utc>>,
     /// When it finished (completed, failed or cancelled).
-    #[serde(default, deserialize_with = "crate::rfc3339::option")]
     pub finished_at: Option<DateTime<Utc>>,
     /// Last change.
-    #[serde(default, deserialize_with = "crate::rfc3339::option")]
     pub updated_at: Option<DateTime<Utc>>,
     /// The last event folded into it.
     pub last_event_id: i64,

@@ -124,15 +124,13 @@ impl std::fmt::Display for StepStatus {
 }
 
 /// One attempt of a step.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Clone, Debug, PartialEq)]
 pub struct AttemptRecord {
     /// Its number (the same number appears twice when an interrupted attempt was re-run).
     pub attempt: u32,
     /// When it started.
-    #[serde(deserialize_with = "crate::rfc3339::deserialize")]
     pub started_at: DateTime<Utc>,
     /// When it ended; `None` while it runs.
-    #[serde(default, deserialize_with = "crate::rfc3339::option")]
     pub finished_at: Option<DateTime<Utc>>,
     /// Why it failed, or "interrupted" / "cancelled" / "superseded ...".
     pub error: Option<String>,
@@ -141,7 +139,7 @@ pub struct AttemptRecord {
 }
 
 /// One line of a step's log tail.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Clone, Debug, PartialEq)]
 pub struct LogLine {
     /// The attempt that printed it.
     pub attempt: u32,
@@ -150,12 +148,11 @@ pub struct LogLine {
     /// The text (cut at [`LOG_LINE_MAX_BYTES`]).
     pub line: String,
     /// When the engine saw it.
-    #[serde(deserialize_with = "crate::rfc3339::deserialize")]
     pub at: DateTime<Utc>,
 }
 
 /// A step's state.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Clone, Debug, PartialEq)]
 pub struct StepState {
     /// The step's id.
     pub id: String,
@@ -179,15 +176,12 @@ pub struct StepState {
     /// Why its last attempt failed.
     pub error: Option<String>,
     /// When its current (or last) attempt started.
-    #[serde(default, deserialize_with = "crate::rfc3339::option")]
     pub started_at: Option<DateTime<Utc>>,
     /// When it finished (completed, failed, skipped, cancelled).
-    #[serde(default, deserialize_with = "crate::rfc3339::option")]
     pub finished_at: Option<DateTime<Utc>>,
     /// How long its finishing attempt ran.
     pub duration_ms: Option<u64>,
     /// When a retrying step may start its next attempt.
-    #[serde(default, deserialize_with = "crate::rfc3339::option")]
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// Its attempts, oldest first (the newest [`MAX_ATTEMPT_RECORDS`]).
     pub attempts: Vec<AttemptRecord>,
@@ -219,7 +213,7 @@ impl StepState {
 }
 
 /// How far a workflow has got.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Progress {
     /// Steps completed or skipped.
     pub done: usize,
@@ -232,7 +226,7 @@ pub struct Progress {
 }
 
 /// A workflow's state: the fold of its events.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Clone, Debug, PartialEq)]
 pub struct WorkflowState {
     /// The workflow's id.
     pub id: String,
@@ -247,20 +241,16 @@ pub struct WorkflowState {
     /// Its steps, in spec order.
     pub steps: Vec<StepState>,
     /// When it was created.
-    #[serde(default, deserialize_with = "crate::rfc3339::option")]
     pub created_at: Option<DateTime<Utc>>,
     /// When it first started.
-    #[serde(default, deserialize_with = "crate::rfc3339::option")]
     pub started_at: Option<DateTime<Utc>>,
     /// When it reached its current terminal status.
-    #[serde(default, deserialize_with = "crate::rfc3339::option")]
     pub finished_at: Option<DateTime<Utc>>,
     /// Why it failed, was cancelled (the reason given) or stalled.
     pub error: Option<String>,
     /// The id of the last event applied (0 = none).
     pub last_event_id: i64,
     /// When the last event applied happened.
-    #[serde(default, deserialize_with = "crate::rfc3339::option")]
     pub updated_at: Option<DateTime<Utc>>,
 }
 
