@@ -3,30 +3,15 @@
 //! chrono's own `Deserialize` reads a relaxed form through its general format parser; strict
 //! RFC 3339 only needs its dedicated parser, which leaves a few kilobytes of parser out of the
 //! browser's WASM. Everything cairn writes is strict RFC 3339, so it reads back the same.
-//! Use with `#[serde(deserialize_with = "crate::rfc3339::deserialize")]`, or
-//! `#[serde(default, deserialize_with = "crate::rfc3339::option")]` for an optional one.
+//! The readers in `crate::wire` take every timestamp through [`parse`].
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Deserializer, de::Error as _};
 
 /// Reads an RFC 3339 timestamp (any offset) as UTC.
 pub fn parse(text: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| format!("invalid timestamp `{text}`: {e}"))
-}
-
-/// Deserializes a timestamp.
-pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
-    parse(&String::deserialize(d)?).map_err(D::Error::custom)
-}
-
-/// Deserializes an optional timestamp (`null` is `None`).
-pub fn option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
-    Option::<String>::deserialize(d)?
-        .map(|t| parse(&t))
-        .transpose()
-        .map_err(D::Error::custom)
 }
 
 #[cfg(test)]
