@@ -128,6 +128,57 @@ test("skip a paused step with an output, and cancel a running workflow", async (
   await expect(page.getByRole("button", { name: "Resume workflow" })).toBeEnabled();
 });
 
+test("what a person opened, closed or typed stays while the page changes live", async ({ page, request }) => {
+  const id = await startVia(request, {
+    name: "busy-page",
+    steps: [
+      { id: "quick", role: "developer", task: "quick one", params: { duration_ms: 10 } },
+      { id: "slow", role: "developer", task: "slow one", params: { duration_ms: 4000, log_lines: 3 } },
+      { id: "call", role: "developer", task: "call the API",
+        retry: { max_attempts: 2, initial_interval_ms: 600000, max_interval_ms: 600000, jitter: false },
+        params: { duration_ms: 10, fail_attempts: 1, error: "503 upstream busy" } },
+    ],
+  });
+  await page.goto(`/workflows/${id}`);
+  await hydrated(page);
+  await expect(step(page, "quick")).toHaveAttribute("data-status", "completed");
+  await expect(step(page, "call")).toHaveAttribute("data-status", "retrying");
+  await expect(step(page, "slow")).toHaveAttribute("data-status", "running");
+
+  // A click opens a section exactly once (the page, not the browser, toggles it).
+  const output = step(page, "quick").locator("details.output");
+  await expect(output).not.toHaveAttribute("open", /.*/);
+  await output.locator("summary").click();
+  await expect(output).toHaveAttribute("open", "");
+  await expect(output.getByTestId("output")).toBeVisible();
+
+  // Half-typed skip output.
+  await step(page, "call").getByRole("button", { name: "Skip step call" }).click();
+  const input = step(page, "call").getByLabel("Output to use instead (optional)");
+  await input.fill("done by hand");
+
+  // A running step's log is open; closed by keyboard, it stays closed and keeps the focus.
+  const log = step(page, "slow").locator("details.logs");
+  await expect(log).toHaveAttribute("open", "");
+  await log.locator("summary").focus();
+  await page.keyboard.press("Enter");
+  await expect(log).not.toHaveAttribute("open", /.*/);
+
+  // Seconds of live changes: timers tick, "slow" finishes and its log is redrawn.
+  await expect(step(page, "slow")).toHaveAttribute("data-status", "completed", { timeout: 20_000 });
+  await expect(log.locator("summary")).toContainText("Log");
+  await expect(log).not.toHaveAttribute("open", /.*/);
+  await expect(log.locator("summary")).toBeFocused();
+  await expect(output).toHaveAttribute("open", "");
+  await expect(input).toHaveValue("done by hand");
+
+  await step(page, "call").getByRole("button", { name: "Skip it" }).click();
+  await expect(step(page, "call")).toHaveAttribute("data-status", "skipped");
+  await expect(page.getByTestId("workflow-status")).toHaveText("completed");
+  await step(page, "call").locator("details.output summary").click();
+  await expect(step(page, "call").getByTestId("output")).toHaveText("done by hand");
+});
+
 test("a bad spec shows inline errors at their paths and sends nothing", async ({ page }) => {
   const posts: string[] = [];
   page.on("request", (r) => r.method() === "POST" && posts.push(r.url()));

@@ -1,9 +1,9 @@
 //! The workflow drawn as a graph: steps in layers by their dependencies, coloured by state.
+//! It only displays, so it is SVG text (see `crate::html`), part of the workflow page's markup.
 
 use std::collections::HashMap;
 
 use cairn::{StepStatus, WorkflowState};
-use leptos::prelude::*;
 
 use crate::html::{escape, push_escaped, push_fmt};
 
@@ -58,13 +58,6 @@ fn layout(state: &WorkflowState) -> (HashMap<String, (usize, usize)>, usize, usi
     }
     let max_rows = rows.iter().copied().max().unwrap_or(1);
     (pos, rows.len().max(1), max_rows)
-}
-
-/// The graph of a workflow; each node links to its step below. It only displays the state,
-/// so it is drawn as SVG text (see `crate::html`), the same on the server and in the browser.
-#[component]
-pub fn Dag(#[prop(into)] state: Signal<WorkflowState>) -> impl IntoView {
-    view! { <div class="dag-wrap" inner_html=move || state.with(svg)></div> }
 }
 
 /// The SVG of `state`'s graph: steps in layers by their dependencies, edges between them,

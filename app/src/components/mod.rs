@@ -1,12 +1,9 @@
 //! Reusable pieces of the monitor.
 
-mod badge;
-mod dag;
+pub mod dag;
 mod sidebar;
 mod spec_form;
 
-pub use badge::Badge;
-pub use dag::Dag;
 pub use sidebar::Sidebar;
 pub use spec_form::StartForm;
 #[cfg(feature = "hydrate")]

@@ -1,143 +1,175 @@
 //! One step of the workflow page: what it is and how it went, and its controls.
 //!
-//! What the card only displays (its head, the countdown, error, task, session and the
-//! attempts table) is markup text from the functions below (see `crate::html`), the same on
-//! the server and in the browser. What a person uses stays elements: the buttons, the skip
-//! form, and the `<details>` sections, which keep whether someone opened them.
+//! The card is markup (see `crate::html::Markup`), the same on the server and in the
+//! browser. Its parts change on their own: the head (with the running timer and the retry
+//! countdown), each `<details>` section and whether it is open, the buttons, and whether the
+//! skip form shows. The form's input is in the shell, so what someone types in it stays
+//! while the step and its neighbours change. The buttons and summaries carry a `data-key`
+//! (`retry:ID`, `log:ID`, ...) that the page's one click handler reads.
 
-use cairn::{StepState, StepStatus, WorkflowState};
+use cairn::{StepState, StepStatus};
 use chrono::{DateTime, Utc};
-use leptos::prelude::*;
 
-use super::workflow::Actions;
+use super::workflow::Shown;
 use crate::{
-    html::{push_escaped, push_fmt},
-    time::{ago, clock_time, duration_ms, until, use_clock},
+    html::{Markup, escape, push_escaped, push_fmt},
+    time::{ago, clock_time, duration_ms, until},
 };
 
 /// How many lines of a running step's log the card shows (a finished step shows all kept).
 const LIVE_LOG_LINES: usize = 12;
 
-/// The card of step `step_id` of `state`. `live` is false while an earlier state is shown.
-#[component]
-pub fn StepCard(
-    state: Signal<WorkflowState>,
-    step_id: String,
-    actions: Actions,
-    live: Signal<bool>,
-) -> impl IntoView {
-    let now = use_clock();
-    let step = {
-        let id = step_id.clone();
-        Signal::derive(move || state.with(|s| s.step(&id).cloned()))
+/// Appends the card of step `s` to `m`.
+pub(super) fn card(m: &mut Markup, s: &StepState, v: &Shown) {
+    let id = escape(&s.id);
+    push_fmt(
+        m.text(),
+        format_args!(r#"<article class="step" id="step-{id}" data-testid="step-{id}""#),
+    );
+    m.attr("data-status", s.status.as_str().into());
+    m.push(r#"><div class="step-main""#);
+    m.content(main_html(s, v.now));
+    m.push("</div>");
+    let attempts = if s.attempts.is_empty() {
+        Default::default()
+    } else {
+        (format!("Attempts ({})", s.attempts.len()), attempts_html(s))
     };
-    // Reads of the step, empty before it is known.
-    let read =
-        move |f: fn(&StepState) -> String| step.with(|s| s.as_ref().map(f).unwrap_or_default());
-    let has = move |f: fn(&StepState) -> bool| step.with(|s| s.as_ref().is_some_and(f));
-    let st = move || step.with(|s| s.as_ref().map_or(StepStatus::Pending, |s| s.status));
-    let wf_id = move || state.with(|s| s.id.clone());
-
-    let (skip_output, set_skip_output) = signal(String::new());
-    let (skipping, set_skipping) = signal(false);
-    // A step control: what the button says it did, the route under the step, the body.
-    let control = {
-        let step_id = step_id.clone();
-        move |label: String, route: &'static str, body: Option<String>| {
-            actions.run(
-                label,
-                format!("/api/workflows/{}/steps/{step_id}/{route}", wf_id()),
-                body,
+    // Each section: key prefix, class, (summary, body), and whether it is open until someone
+    // opens or closes it. An empty body hides the section.
+    let sections = [
+        ("out", "output", output_html(s), false),
+        (
+            "att",
+            "attempts",
+            attempts,
+            s.attempts.iter().any(|a| a.error.is_some()),
+        ),
+        ("log", "logs", logs_html(s), s.status == StepStatus::Running),
+    ];
+    for (key, class, (summary, body), open) in sections {
+        let key = format!("{key}:{}", s.id);
+        push_fmt(m.text(), format_args!(r#"<details class="{class}""#));
+        m.flag("hidden", body.is_empty());
+        m.flag("open", v.opened.get(&key).copied().unwrap_or(open));
+        m.content(if body.is_empty() {
+            body
+        } else {
+            format!(
+                r#"<summary data-key="{}">{summary}</summary>{body}"#,
+                escape(&key)
             )
-        }
-    };
-    let (retry_ctl, now_ctl, skip_ctl) = (control.clone(), control.clone(), control);
-    let (retry_id, now_id, skip_id) = (step_id.clone(), step_id.clone(), step_id.clone());
-    let retry = move |_| retry_ctl(format!("Retry {retry_id}"), "retry", None);
-    let retry_now = move |_| now_ctl(format!("Retry {now_id} now"), "retry-now", None);
-    let skip = move |ev: leptos::ev::SubmitEvent| {
-        ev.prevent_default();
-        let out = skip_output.get_untracked();
-        let body = (!out.is_empty()).then(|| serde_json::json!({ "output": out }).to_string());
-        set_skipping.set(false);
-        skip_ctl(format!("Skip {skip_id}"), "skip", body);
-    };
-    let can_retry = move || {
-        live.get()
-            && matches!(
-                st(),
-                StepStatus::Failed
-                    | StepStatus::Completed
-                    | StepStatus::Skipped
-                    | StepStatus::Cancelled
-            )
-    };
-    let can_retry_now = move || live.get() && st() == StepStatus::Retrying;
-    let can_skip = move || {
-        live.get()
-            && !matches!(
-                st(),
-                StepStatus::Completed | StepStatus::Skipped | StepStatus::Running
-            )
-    };
-    let busy = move || actions.busy.get().is_some();
-    let html_id = format!("step-{step_id}");
-    let input_id = format!("skip-{step_id}");
-    let label_now = format!("Retry {step_id} now");
-    let label_retry = format!("Retry step {step_id}");
-    let label_skip = format!("Skip step {step_id}");
-
-    view! {
-        <article class="step" id=html_id.clone() data-testid=html_id
-                 data-status=move || st().as_str()>
-            <div class="step-main" inner_html=move || {
-                let now = now.get();
-                step.with(|s| s.as_ref().map(|s| main_html(s, now)).unwrap_or_default())
-            }></div>
-            <details class="output" hidden=move || !has(|s| s.output.is_some())>
-                <summary>"Output " <span class="muted">{move || read(|s| {
-                    format!("({} chars)", s.output.as_deref().unwrap_or("").chars().count())
-                })}</span></summary>
-                <pre class="mono" data-testid="output">{move || read(|s| s.output.clone().unwrap_or_default())}</pre>
-            </details>
-            <details class="attempts" hidden=move || !has(|s| !s.attempts.is_empty())
-                     open=move || has(|s| s.attempts.iter().any(|a| a.error.is_some()))>
-                <summary>{move || read(|s| format!("Attempts ({})", s.attempts.len()))}</summary>
-                <div inner_html=move || read(attempts_html)></div>
-            </details>
-            <details class="logs" hidden=move || !has(|s| !s.logs.is_empty())
-                     open=move || st() == StepStatus::Running>
-                <summary>
-                    {move || if st() == StepStatus::Running { "Live log" } else { "Log" }}
-                    <span class="muted">{move || read(|s| format!(" ({} lines kept)", s.logs.len()))}</span>
-                </summary>
-                <pre class="mono log-tail" data-testid="log-tail">{move || read(log_text)}</pre>
-            </details>
-            <div class="actions step-actions">
-                <Show when=can_retry_now>
-                    <button class="btn btn-primary" disabled=busy on:click=retry_now.clone()
-                            aria-label=label_now.clone()>"Retry now"</button>
-                </Show>
-                <Show when=can_retry>
-                    <button class="btn" disabled=busy on:click=retry.clone()
-                            aria-label=label_retry.clone()>"Retry step"</button>
-                </Show>
-                <Show when=can_skip>
-                    <button class="btn btn-ghost" disabled=busy on:click=move |_| set_skipping.update(|v| *v = !*v)
-                            aria-expanded=move || skipping.get().to_string()
-                            aria-label=label_skip.clone()>"Skip step…"</button>
-                </Show>
-            </div>
-            <Show when=move || skipping.get() && can_skip()>
-                <form class="skip-form" on:submit=skip.clone()>
-                    <label class="field-label" for=input_id.clone()>"Output to use instead (optional)"</label>
-                    <input id=input_id.clone() class="input" type="text"
-                           prop:value=move || skip_output.get() on:input=move |ev| set_skip_output.set(event_target_value(&ev))/>
-                    <button class="btn btn-primary" type="submit">"Skip it"</button>
-                </form>
-            </Show>
-        </article>
+        });
+        m.push("</details>");
     }
+    m.push(r#"<div class="actions step-actions""#);
+    m.content(buttons_html(s, v));
+    push_fmt(
+        m.text(),
+        format_args!(r#"</div><form class="skip-form" data-step="{id}""#),
+    );
+    m.flag("hidden", !(v.skipping.contains(&s.id) && can_skip(s, v)));
+    push_fmt(
+        m.text(),
+        format_args!(
+            r#"><label class="field-label" for="skip-{id}">Output to use instead (optional)</label><input id="skip-{id}" class="input" type="text" name="output" data-key="skip-input:{id}"><button class="btn btn-primary" type="submit" data-key="skip-it:{id}">Skip it</button></form></article>"#
+        ),
+    );
+}
+
+/// Whether the step can be skipped now (it has not finished and is not running).
+fn can_skip(s: &StepState, v: &Shown) -> bool {
+    v.live
+        && !matches!(
+            s.status,
+            StepStatus::Completed | StepStatus::Skipped | StepStatus::Running
+        )
+}
+
+/// The buttons the step's state allows, disabled while a control is being sent.
+fn buttons_html(s: &StepState, v: &Shown) -> String {
+    let mut out = String::new();
+    let id = escape(&s.id);
+    let disabled = if v.busy() { " disabled" } else { "" };
+    let mut button = |class: &str, key: &str, label: &str, text: &str, extra: &str| {
+        push_fmt(
+            &mut out,
+            format_args!(
+                r#"<button class="btn {class}" data-key="{key}:{id}" aria-label="{label}"{extra}{disabled}>{text}</button>"#
+            ),
+        );
+    };
+    if v.live && s.status == StepStatus::Retrying {
+        button(
+            "btn-primary",
+            "retry-now",
+            &format!("Retry {id} now"),
+            "Retry now",
+            "",
+        );
+    }
+    if v.live
+        && matches!(
+            s.status,
+            StepStatus::Failed
+                | StepStatus::Completed
+                | StepStatus::Skipped
+                | StepStatus::Cancelled
+        )
+    {
+        button("", "retry", &format!("Retry step {id}"), "Retry step", "");
+    }
+    if can_skip(s, v) {
+        let expanded = if v.skipping.contains(&s.id) {
+            r#" aria-expanded="true""#
+        } else {
+            r#" aria-expanded="false""#
+        };
+        button(
+            "btn-ghost",
+            "skip",
+            &format!("Skip step {id}"),
+            "Skip step…",
+            expanded,
+        );
+    }
+    out
+}
+
+/// The output's summary and text; nothing without an output.
+fn output_html(s: &StepState) -> (String, String) {
+    let Some(output) = &s.output else {
+        return Default::default();
+    };
+    let mut body = String::with_capacity(output.len() + 48);
+    body.push_str(r#"<pre class="mono" data-testid="output">"#);
+    push_escaped(&mut body, output);
+    body.push_str("</pre>");
+    let summary = format!(
+        r#"Output <span class="muted">({} chars)</span>"#,
+        output.chars().count()
+    );
+    (summary, body)
+}
+
+/// The log's summary and its tail; nothing without log lines.
+fn logs_html(s: &StepState) -> (String, String) {
+    if s.logs.is_empty() {
+        return Default::default();
+    }
+    let mut body = String::from(r#"<pre class="mono log-tail" data-testid="log-tail">"#);
+    push_escaped(&mut body, &log_text(s));
+    body.push_str("</pre>");
+    let summary = format!(
+        r#"{}<span class="muted"> ({} lines kept)</span>"#,
+        if s.status == StepStatus::Running {
+            "Live log"
+        } else {
+            "Log"
+        },
+        s.logs.len()
+    );
+    (summary, body)
 }
 
 /// The card's head and facts: id, role, attempt, timing and status; the retry countdown;
@@ -248,6 +280,7 @@ mod tests {
     use cairn::{AttemptRecord, LogLine, LogStream};
 
     use super::*;
+    use crate::html::Markup;
 
     fn at(s: &str) -> DateTime<Utc> {
         s.parse().unwrap()
@@ -277,6 +310,91 @@ mod tests {
         assert!(html.contains("Deploy &lt;b&gt;it&lt;/b&gt;"));
         assert!(html.contains(r#"data-testid="session-id">s-1<"#));
         assert!(!html.contains("<b>"));
+    }
+
+    fn card_html(s: &StepState, v: &Shown) -> Markup {
+        let mut m = Markup::new();
+        card(&mut m, s, v);
+        m
+    }
+
+    /// The open tag of the first element whose markup contains `marker`.
+    fn tag_with<'a>(html: &'a str, marker: &str) -> &'a str {
+        let at = html
+            .find(marker)
+            .unwrap_or_else(|| panic!("no {marker} in {html}"));
+        let start = html[..at].rfind('<').unwrap();
+        &html[start..at + html[at..].find('>').unwrap()]
+    }
+
+    #[test]
+    fn a_retrying_step_offers_retry_now_and_skip_and_opens_its_failed_attempts() {
+        let mut s = step();
+        s.attempts = vec![AttemptRecord {
+            attempt: 1,
+            started_at: at("2026-01-01T11:59:00Z"),
+            finished_at: Some(at("2026-01-01T11:59:01Z")),
+            error: Some("503".into()),
+            duration_ms: Some(1_000),
+        }];
+        let v = Shown::live_at(at("2026-01-01T12:00:18Z"));
+        let html = card_html(&s, &v).html();
+        assert!(
+            html.contains(
+                r#"data-key="retry-now:deploy" aria-label="Retry deploy now">Retry now</button>"#
+            ),
+            "{html}"
+        );
+        assert!(html.contains(
+            r#"aria-label="Skip step deploy" aria-expanded="false">Skip step…</button>"#
+        ));
+        assert!(!html.contains("Retry step deploy"));
+        assert!(tag_with(&html, r#"class="attempts""#).contains(" open"));
+        assert!(html.contains(r#"<summary data-key="att:deploy">Attempts (1)</summary>"#));
+        // No output and no log yet: those sections are there, hidden and empty.
+        assert!(tag_with(&html, r#"class="output""#).contains(" hidden"));
+        assert!(tag_with(&html, r#"class="logs""#).contains(" hidden"));
+        assert!(tag_with(&html, r#"class="skip-form""#).contains(" hidden"));
+    }
+
+    #[test]
+    fn what_someone_opened_or_closed_stays_so_and_the_skip_form_shows_when_asked() {
+        let mut s = step();
+        s.status = StepStatus::Running;
+        s.logs = vec![LogLine {
+            attempt: 2,
+            stream: LogStream::Stdout,
+            line: "<compiling>".into(),
+            at: at("2026-01-01T12:00:05Z"),
+        }];
+        let mut v = Shown::live_at(at("2026-01-01T12:00:18Z"));
+        let running = card_html(&s, &v);
+        let html = running.html();
+        // A running step's log is open by default, and offers no controls.
+        assert!(
+            tag_with(&html, r#"class="logs""#).contains(" open"),
+            "{html}"
+        );
+        assert!(html.contains("12:00:05  &lt;compiling&gt;</pre>"));
+        let actions = html
+            .split(r#"class="actions step-actions""#)
+            .nth(1)
+            .unwrap();
+        assert!(!actions.split("</div>").next().unwrap().contains("<button"));
+        // Closed by hand, it stays closed while the step runs.
+        v.opened.insert("log:deploy".into(), false);
+        let closed = card_html(&s, &v);
+        assert!(!tag_with(&closed.html(), r#"class="logs""#).contains(" open"));
+        // The step failing, then someone asking to skip it, changes parts, not the shell.
+        s.status = StepStatus::Failed;
+        v.skipping.insert("deploy".into());
+        let failed = card_html(&s, &v);
+        assert!(failed.changes_from(&running).is_some_and(|c| !c.is_empty()));
+        let html = failed.html();
+        assert!(!tag_with(&html, r#"class="skip-form""#).contains(" hidden"));
+        assert!(html.contains(r#"aria-expanded="true">Skip step…"#));
+        assert!(html.contains(r#"<input id="skip-deploy" class="input" type="text" name="output" data-key="skip-input:deploy">"#));
+        assert!(html.contains("Retry step deploy"));
     }
 
     #[test]
