@@ -38,8 +38,8 @@ impl OnExhausted {
 
 /// How a step is retried. Resolved per step: step `retry` over spec `defaults.retry` over the
 /// server's configured base policy.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(default)]
+// Read back field by field (`crate::wire`).
+#[derive(Serialize, Clone, Debug, PartialEq)]
 pub struct RetryPolicy {
     /// Attempts in total, the first one included (1 = never retry).
     pub max_attempts: u32,

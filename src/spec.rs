@@ -84,19 +84,20 @@ impl Default for ParseOptions {
 ///
 /// Only parsing builds one; constructing it by hand (or deserializing it from anywhere but
 /// our own event log) bypasses validation. The fold stays panic-free on such a spec anyway.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+// Read back field by field (`crate::wire`).
+#[derive(Serialize, Clone, Debug, PartialEq)]
 pub struct ValidSpec {
     /// The workflow's display name. Defaults to the first step's id.
     pub name: String,
     /// The values `{inputs.NAME}` refers to.
-    #[serde(default)]
     pub inputs: BTreeMap<String, String>,
     /// The steps, in the order the spec gave them.
     pub steps: Vec<StepDef>,
 }
 
 /// One step of a [`ValidSpec`], with everything resolved.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+// Read back field by field (`crate::wire`).
+#[derive(Serialize, Clone, Debug, PartialEq)]
 pub struct StepDef {
     /// Unique within the workflow; matches [`is_identifier`] and is not `inputs`.
     pub id: String,
@@ -105,15 +106,12 @@ pub struct StepDef {
     /// The task template text (see [`Template`]).
     pub task: String,
     /// Steps that must be done (completed or skipped) before this one starts.
-    #[serde(default)]
     pub deps: Vec<String>,
     /// Fully resolved: step `retry` over spec `defaults.retry` over the server's base policy.
-    #[serde(default)]
     pub retry: RetryPolicy,
     /// How long one attempt may run.
     pub timeout_s: u64,
     /// Free-form runner parameters (e.g. the simulator's `duration_ms`).
-    #[serde(default)]
     pub params: serde_json::Map<String, Value>,
 }
 

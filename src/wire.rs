@@ -16,6 +16,8 @@ use serde::{Deserialize, Deserializer, de::DeserializeOwned, de::Error as _};
 use serde_json::{Map, Value};
 
 use crate::{
+    retry::RetryPolicy,
+    spec::{StepDef, ValidSpec},
     state::{AttemptRecord, LogLine, Progress, StepState, WorkflowState},
     summary::WorkflowSummary,
 };
@@ -55,6 +57,11 @@ impl Fields {
         }
     }
 
+    /// A field that may be missing or `null`, then `default`.
+    pub(crate) fn or<T: DeserializeOwned>(&mut self, name: &str, default: T) -> Result<T, String> {
+        Ok(self.optional(name)?.unwrap_or(default))
+    }
+
     /// A timestamp that must be there, read strictly as RFC 3339 (see [`crate::rfc3339`]).
     pub(crate) fn time(&mut self, name: &str) -> Result<DateTime<Utc>, String> {
         let text: String = self.required(name)?;
@@ -81,6 +88,35 @@ macro_rules! read_by_fields {
 }
 
 read_by_fields! {
+    // A spec as `workflow.created` events and states carry it (already validated: specs
+    // people write are read and checked by `spec::parse_spec`).
+    ValidSpec => |f| Ok(ValidSpec {
+        name: f.required("name")?,
+        inputs: f.or("inputs", BTreeMap::new())?,
+        steps: f.required("steps")?,
+    });
+    StepDef => |f| Ok(StepDef {
+        id: f.required("id")?,
+        role: f.required("role")?,
+        task: f.required("task")?,
+        deps: f.or("deps", vec![])?,
+        retry: f.or("retry", RetryPolicy::default())?,
+        timeout_s: f.required("timeout_s")?,
+        params: f.or("params", Map::new())?,
+    });
+    // Every field defaults to the base policy's.
+    RetryPolicy => |f| {
+        let base = RetryPolicy::default();
+        Ok(RetryPolicy {
+            max_attempts: f.or("max_attempts", base.max_attempts)?,
+            initial_interval_ms: f.or("initial_interval_ms", base.initial_interval_ms)?,
+            backoff_factor: f.or("backoff_factor", base.backoff_factor)?,
+            max_interval_ms: f.or("max_interval_ms", base.max_interval_ms)?,
+            jitter: f.or("jitter", base.jitter)?,
+            non_retryable: f.or("non_retryable", base.non_retryable)?,
+            on_exhausted: f.or("on_exhausted", base.on_exhausted)?,
+        })
+    };
     AttemptRecord => |f| Ok(AttemptRecord {
         attempt: f.required("attempt")?,
         started_at: f.time("started_at")?,
@@ -194,5 +230,48 @@ mod tests {
                 .unwrap_err();
         assert!(bad_type.to_string().contains("field `done`"), "{bad_type}");
         assert!(serde_json::from_str::<Progress>("[1,2,3,4]").is_err());
+    }
+
+    #[test]
+    fn a_spec_reads_back_as_written_and_a_retry_policy_fills_in_the_base_policy() {
+        let spec = crate::spec::parse_spec(
+            r#"{"name": "ship", "inputs": {"f": "login"},
+                "steps": [{"id": "a", "role": "architect", "task": "Design {inputs.f}",
+                           "retry": {"max_attempts": 5, "on_exhausted": "pause"},
+                           "params": {"duration_ms": 10}},
+                          {"id": "b", "role": "developer", "task": "{a.output}", "deps": ["a"]}]}"#,
+            &Default::default(),
+        )
+        .unwrap();
+        let text = serde_json::to_string(&spec).unwrap();
+        assert_eq!(serde_json::from_str::<ValidSpec>(&text).unwrap(), spec);
+
+        let policy: RetryPolicy =
+            serde_json::from_value(json!({"max_attempts": 7, "jitter": false})).unwrap();
+        assert_eq!(
+            policy,
+            RetryPolicy {
+                max_attempts: 7,
+                jitter: false,
+                ..RetryPolicy::default()
+            }
+        );
+        let step: StepDef = serde_json::from_value(
+            json!({"id": "a", "role": "r", "task": "t", "timeout_s": 60, "deps": null}),
+        )
+        .unwrap();
+        assert_eq!(
+            (step.deps, step.retry, step.params),
+            (vec![], RetryPolicy::default(), Map::new())
+        );
+        let bad = serde_json::from_value::<StepDef>(json!({"id": "a", "role": "r", "task": "t"}))
+            .unwrap_err();
+        assert!(
+            bad.to_string().contains("missing field `timeout_s`"),
+            "{bad}"
+        );
+        let bad =
+            serde_json::from_value::<RetryPolicy>(json!({"on_exhausted": "explode"})).unwrap_err();
+        assert!(bad.to_string().contains("field `on_exhausted`"), "{bad}");
     }
 }
