@@ -146,8 +146,8 @@ fn list_html(mut list: Vec<WorkflowSummary>, current: Option<&str>, now: DateTim
     out
 }
 
-/// One workflow: name, status, progress bar, current step or outcome, elapsed time, and a
-/// retry countdown or a stall warning when there is one.
+/// One workflow: name, status, progress bar, current step or outcome, elapsed time, and
+/// (until it has finished) a line for a retry countdown or a stall warning.
 fn row_html(out: &mut String, s: &WorkflowSummary, current: bool, now: DateTime<Utc>) {
     let status = s.status.as_str();
     let (done, total) = (s.progress.done, s.progress.total);
@@ -193,18 +193,22 @@ fn row_html(out: &mut String, s: &WorkflowSummary, current: bool, now: DateTime<
     push_escaped(out, &detail);
     push_fmt(
         out,
-        format_args!(
-            r#"</span><span class="wf-time">{elapsed}</span></div><div class="wf-line wf-meta"><span class="wf-retry">"#
-        ),
+        format_args!(r#"</span><span class="wf-time">{elapsed}</span></div>"#),
     );
-    if let Some(t) = s.next_attempt_at {
-        push_fmt(out, format_args!("retry {}", until(t, now)));
+    // While it may still retry or stall, a line is kept for the countdown or the warning, so
+    // that the list does not jump when one appears; a finished workflow needs none.
+    if !s.status.is_terminal() {
+        out.push_str(r#"<div class="wf-line wf-meta"><span class="wf-retry">"#);
+        if let Some(t) = s.next_attempt_at {
+            push_fmt(out, format_args!("retry {}", until(t, now)));
+        }
+        out.push_str(r#"</span><span class="wf-warn">"#);
+        if s.status == WorkflowStatus::Stalled {
+            out.push_str("⚠ engine lost; resuming");
+        }
+        out.push_str("</span></div>");
     }
-    out.push_str(r#"</span><span class="wf-warn">"#);
-    if s.status == WorkflowStatus::Stalled {
-        out.push_str("⚠ engine lost; resuming");
-    }
-    out.push_str("</span></div></a></li>");
+    out.push_str("</a></li>");
 }
 
 #[cfg(test)]
@@ -268,6 +272,28 @@ mod tests {
         );
         assert!(html.contains("⚠ engine lost; resuming"));
         assert!(html.contains("stalled: taking over"));
+    }
+
+    #[test]
+    fn a_finished_row_keeps_no_empty_line_for_a_countdown() {
+        let running = list_html(
+            vec![summary("wf-3", "running", "2026-01-01T12:00:00Z")],
+            None,
+            at("2026-01-01T12:00:20Z"),
+        );
+        assert!(
+            running.contains(r#"<span class="wf-retry"></span>"#),
+            "{running}"
+        );
+        for status in ["completed", "failed", "cancelled"] {
+            let html = list_html(
+                vec![summary("wf-3", status, "2026-01-01T12:00:00Z")],
+                None,
+                at("2026-01-01T12:00:20Z"),
+            );
+            assert!(!html.contains("wf-retry"), "{status}: {html}");
+            assert!(html.ends_with("</div></a></li>"), "{html}");
+        }
     }
 
     #[test]
