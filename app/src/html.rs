@@ -60,7 +60,8 @@ pub fn follow(
 }
 
 /// Sets `el`'s content to `html`, and focuses again the element with the same `key` attribute
-/// as the one inside that had the focus.
+/// as the one inside that had the focus. If it is gone or disabled (a control that did its
+/// work), the focus goes to the region around it instead (see [`focus_home`]).
 #[cfg(feature = "hydrate")]
 fn replace_keeping_focus(el: &web_sys::Element, html: &str, key: &str) {
     use wasm_bindgen::JsCast;
@@ -78,8 +79,31 @@ fn replace_keeping_focus(el: &web_sys::Element, html: &str, key: &str) {
                 .filter_map(|i| all.item(i)?.dyn_into::<web_sys::HtmlElement>().ok())
                 .find(|e| e.get_attribute(key).as_deref() == Some(value.as_str()))
         });
-    if let Some(e) = found {
+    if let Some(e) = &found {
         let _ = e.focus();
+    }
+    let kept = leptos::prelude::document()
+        .active_element()
+        .zip(found)
+        .is_some_and(|(a, f)| a.is_same_node(Some(&f)));
+    if !kept {
+        focus_home(el);
+    }
+}
+
+/// Focuses the nearest region around `el` that takes the focus from script
+/// (`tabindex="-1"`: a step card, the workflow's header), so that the keyboard focus stays
+/// where the person was rather than falling back to the start of the page.
+#[cfg(feature = "hydrate")]
+fn focus_home(el: &web_sys::Element) {
+    use wasm_bindgen::JsCast;
+    if let Some(home) = el
+        .closest(r#"[tabindex="-1"]"#)
+        .ok()
+        .flatten()
+        .and_then(|h| h.dyn_into::<web_sys::HtmlElement>().ok())
+    {
+        let _ = home.focus();
     }
 }
 
@@ -229,7 +253,14 @@ fn patch(el: &web_sys::Element, shown: &Markup, next: &Markup, key: &str) {
                 let _ = target.set_attribute(name, value);
             }
             Part::Flag(name, on) => {
+                let focused = leptos::prelude::document()
+                    .active_element()
+                    .is_some_and(|f| f.is_same_node(Some(&target)));
                 let _ = target.toggle_attribute_with_force(name, *on);
+                // A button disabled under the keyboard focus loses it: keep it nearby.
+                if focused && *name == "disabled" && *on {
+                    focus_home(&target);
+                }
             }
         }
     }

@@ -82,8 +82,11 @@ test("failure: each attempt's error and the countdown show; Retry now and Retry 
   await expect(call.getByTestId("attempts")).toContainText("503 upstream busy");
   await expect(page.getByTestId("workflow-row").filter({ hasText: "flaky" })).toContainText(/retry in/);
 
-  await call.getByRole("button", { name: "Retry call now" }).click();
+  // By keyboard: once the button has done its work, the focus stays on the step's card.
+  await call.getByRole("button", { name: "Retry call now" }).focus();
+  await page.keyboard.press("Enter");
   await expect(page.getByTestId("notice")).toContainText("sent");
+  await expect(call).toBeFocused();
   // Attempt 2 fails too: retries are exhausted and the workflow fails.
   await expect(page.getByTestId("workflow-status")).toHaveText("failed");
   await expect(call.getByTestId("attempts").locator("tbody tr")).toHaveCount(2);
@@ -123,6 +126,8 @@ test("skip a paused step with an output, and cancel a running workflow", async (
   await expect(step(page, "wait")).toHaveAttribute("data-status", "running");
   await page.getByRole("button", { name: "Cancel workflow" }).click();
   await expect(page.getByTestId("workflow-status")).toHaveText("cancelled");
+  // The button it pressed is disabled now; the focus stayed in the header.
+  await expect(page.locator(".wf-header")).toBeFocused();
   await expect(step(page, "wait")).toHaveAttribute("data-status", "cancelled");
   await expect(page.getByRole("button", { name: "Cancel workflow" })).toBeDisabled();
   await expect(page.getByRole("button", { name: "Resume workflow" })).toBeEnabled();

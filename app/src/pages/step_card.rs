@@ -24,7 +24,9 @@ pub(super) fn card(m: &mut Markup, s: &StepState, v: &Shown) {
     let id = escape(&s.id);
     push_fmt(
         m.text(),
-        format_args!(r#"<article class="step" id="step-{id}" data-testid="step-{id}""#),
+        format_args!(
+            r#"<article class="step" id="step-{id}" data-testid="step-{id}" tabindex="-1""#
+        ),
     );
     m.attr("data-status", s.status.as_str().into());
     m.push(r#"><div class="step-main""#);

@@ -308,7 +308,7 @@ fn page(s: &WorkflowState, v: &Shown) -> Markup {
 fn header(m: &mut Markup, s: &WorkflowState, v: &Shown) {
     let status = s.status.as_str();
     let p = s.progress();
-    m.push(r#"<section class="panel wf-header"><div class="wf-title"><div><h1 data-testid="workflow-name""#);
+    m.push(r#"<section class="panel wf-header" tabindex="-1"><div class="wf-title"><div><h1 data-testid="workflow-name""#);
     m.content(escape(&s.name));
     m.push(r#"</h1><p class="muted mono">"#);
     push_escaped(m.text(), &s.id);
