@@ -49,6 +49,14 @@ test("the page hydrates: the spec checker validates in the browser as you type",
   await expect(page.getByTestId("spec-errors")).toContainText("steps[0].role");
   await expect(page.getByTestId("spec-errors")).toContainText("wizard");
   await expect(page.getByRole("button", { name: "Start workflow" })).toBeDisabled();
+
+  // An example replaces the text, and the verdict follows.
+  await page.getByRole("button", { name: "A flaky step that retries" }).click();
+  await expect(editor).toHaveValue(/^name: flaky-deploy/);
+  await expect(page.getByTestId("spec-ok")).toContainText("flaky-deploy · 3 steps · build · deploy · smoke");
+  await expect(page.getByRole("button", { name: "Start workflow" })).toBeEnabled();
+  await page.getByRole("button", { name: "Fan-out and join" }).click();
+  await expect(page.getByTestId("spec-ok")).toContainText("review-fanout · 5 steps");
   expect(errors).toEqual([]);
 
   mkdirSync(screenshots, { recursive: true });

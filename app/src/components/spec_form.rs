@@ -8,9 +8,12 @@
 use std::collections::BTreeSet;
 
 use cairn::{ParseOptions, SpecErrors, SpecText, ValidSpec, parse_spec_value, read_spec_text};
-use leptos::prelude::*;
+use leptos::{html::Div, prelude::*};
 
-use crate::data::{load_once, load_roles};
+use crate::{
+    data::{load_once, load_roles},
+    html::{push_escaped, push_fmt},
+};
 
 /// The ready examples: (label, spec).
 pub const EXAMPLES: [(&str, &str); 3] = [
@@ -131,6 +134,27 @@ pub fn StartForm() -> impl IntoView {
         });
     });
     let invalid = move || verdict.with(|v| !matches!(v, Some(Ok(_))));
+    // The verdict only displays: markup, redrawn as the text, the server's answer or the
+    // message change.
+    let verdict_markup = move || {
+        verdict.with(|v| {
+            server_errors
+                .with(|server| message.with(|m| verdict_html(v.as_ref(), server, m.as_deref())))
+        })
+    };
+    let verdict_el = NodeRef::<Div>::new();
+    crate::html::follow(
+        move || verdict_el.get().map(Into::into),
+        verdict_markup,
+        "id",
+    );
+    // The example buttons are markup too; one handler reads which was clicked.
+    let pick_example = move |ev: leptos::ev::MouseEvent| {
+        if let Some(spec) = picked_example(&ev) {
+            set_text.set(spec.to_string());
+            set_server_errors.set(vec![]);
+        }
+    };
 
     let submit = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
@@ -167,25 +191,8 @@ pub fn StartForm() -> impl IntoView {
         <section class="panel" aria-labelledby="start-title">
             <div class="panel-head">
                 <h2 id="start-title">"Start a workflow"</h2>
-                <div class="examples" role="group" aria-label="Examples">
-                    {EXAMPLES
-                        .iter()
-                        .map(|(label, spec)| {
-                            view! {
-                                <button
-                                    type="button"
-                                    class="btn btn-ghost"
-                                    on:click=move |_| {
-                                        set_text.set(spec.to_string());
-                                        set_server_errors.set(vec![]);
-                                    }
-                                >
-                                    {*label}
-                                </button>
-                            }
-                        })
-                        .collect_view()}
-                </div>
+                <div class="examples" role="group" aria-label="Examples" on:click=pick_example
+                     inner_html=examples_html()></div>
             </div>
             <form on:submit=submit>
                 <label class="field-label" for="spec-editor">"Spec (JSON or YAML)"</label>
@@ -203,21 +210,8 @@ pub fn StartForm() -> impl IntoView {
                     {EXAMPLES[0].1}
                 </textarea>
                 <div class="form-foot">
-                    <div class="verdict" data-testid="spec-verdict" aria-live="polite">
-                        {move || verdict.with(|v| match v {
-                            Some(Ok(spec)) => view! { <ValidSummary spec=spec.clone()/> }.into_any(),
-                            Some(Err(errors)) => view! { <ErrorList errors=errors.clone()/> }.into_any(),
-                            None => view! { <p class="verdict-wait">"Reading the YAML…"</p> }.into_any(),
-                        })}
-                        <Show when=move || !server_errors.with(Vec::is_empty)>
-                            <ul class="spec-errors" data-testid="server-errors">
-                                {move || server_errors.get().into_iter().map(|(p, m)| view! {
-                                    <li><code class="error-path">{p}</code>" "<span>{m}</span></li>
-                                }).collect_view()}
-                            </ul>
-                        </Show>
-                        {move || message.get().map(|m| view! { <p class="form-error" role="alert">{m}</p> })}
-                    </div>
+                    <div class="verdict" data-testid="spec-verdict" aria-live="polite"
+                         node_ref=verdict_el inner_html=untrack(verdict_markup)></div>
                     <button
                         type="submit"
                         class="btn btn-primary"
@@ -287,46 +281,160 @@ async fn post_spec(body: &str, key: &str, yaml: bool) -> Result<String, crate::d
         .ok_or_else(|| crate::data::PostError::Other("the server answered without an id".into()))
 }
 
-#[component]
-fn ValidSummary(spec: ValidSpec) -> impl IntoView {
-    let count = spec.steps.len();
-    let order = spec
-        .steps
-        .iter()
-        .map(|s| s.id.as_str())
-        .collect::<Vec<_>>()
-        .join(" · ");
-    view! {
-        <p class="verdict-ok" data-testid="spec-ok">
-            <span class="badge badge-completed">"valid"</span>
-            {format!(" {} · {count} step{} · {order}", spec.name, if count == 1 { "" } else { "s" })}
-        </p>
+/// The example buttons, each with its index in [`EXAMPLES`].
+fn examples_html() -> String {
+    let mut out = String::new();
+    for (i, (label, _)) in EXAMPLES.iter().enumerate() {
+        push_fmt(
+            &mut out,
+            format_args!(r#"<button type="button" class="btn btn-ghost" data-example="{i}">"#),
+        );
+        push_escaped(&mut out, label);
+        out.push_str("</button>");
+    }
+    out
+}
+
+/// The spec of the example whose button a click landed on.
+fn picked_example(ev: &leptos::ev::MouseEvent) -> Option<&'static str> {
+    #[cfg(feature = "hydrate")]
+    {
+        use wasm_bindgen::JsCast;
+        let target = ev.target()?.dyn_into::<web_sys::Element>().ok()?;
+        let i: usize = target
+            .closest("[data-example]")
+            .ok()??
+            .get_attribute("data-example")?
+            .parse()
+            .ok()?;
+        EXAMPLES.get(i).map(|(_, spec)| *spec)
+    }
+    #[cfg(not(feature = "hydrate"))]
+    {
+        let _ = ev;
+        None
     }
 }
 
-#[component]
-fn ErrorList(errors: SpecErrors) -> impl IntoView {
-    let n = errors.errors.len();
-    view! {
-        <p class="verdict-bad">
-            <span class="badge badge-failed">"invalid"</span>
-            {format!(" {n} problem{}", if n == 1 { "" } else { "s" })}
-        </p>
-        <ul class="spec-errors" data-testid="spec-errors">
-            {errors
-                .errors
-                .into_iter()
-                .map(|e| {
-                    let path = if e.path.is_empty() { "spec".to_string() } else { e.path };
-                    view! {
-                        <li>
-                            <code class="error-path">{path}</code>
-                            " "
-                            <span>{e.message}</span>
-                        </li>
-                    }
-                })
-                .collect_view()}
-        </ul>
+/// The verdict on the text: valid (name, step count, step order), every problem at its path,
+/// or waiting for the YAML reader; then what the server refused, and a message.
+fn verdict_html(
+    verdict: Option<&Result<ValidSpec, SpecErrors>>,
+    server: &[(String, String)],
+    message: Option<&str>,
+) -> String {
+    let mut out = String::new();
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    let errors =
+        |out: &mut String, testid: &str, errors: &mut dyn Iterator<Item = (&str, &str)>| {
+            push_fmt(
+                out,
+                format_args!(r#"<ul class="spec-errors" data-testid="{testid}">"#),
+            );
+            for (path, message) in errors {
+                out.push_str(r#"<li><code class="error-path">"#);
+                push_escaped(out, if path.is_empty() { "spec" } else { path });
+                out.push_str("</code> <span>");
+                push_escaped(out, message);
+                out.push_str("</span></li>");
+            }
+            out.push_str("</ul>");
+        };
+    match verdict {
+        Some(Ok(spec)) => {
+            let count = spec.steps.len();
+            out.push_str(r#"<p class="verdict-ok" data-testid="spec-ok"><span class="badge badge-completed">valid</span> "#);
+            push_escaped(&mut out, &spec.name);
+            push_fmt(
+                &mut out,
+                format_args!(" · {count} step{} · ", plural(count)),
+            );
+            let order = spec.steps.iter().map(|s| s.id.as_str()).collect::<Vec<_>>();
+            push_escaped(&mut out, &order.join(" · "));
+            out.push_str("</p>");
+        }
+        Some(Err(e)) => {
+            let n = e.errors.len();
+            push_fmt(
+                &mut out,
+                format_args!(
+                    r#"<p class="verdict-bad"><span class="badge badge-failed">invalid</span> {n} problem{}</p>"#,
+                    plural(n)
+                ),
+            );
+            errors(
+                &mut out,
+                "spec-errors",
+                &mut e
+                    .errors
+                    .iter()
+                    .map(|e| (e.path.as_str(), e.message.as_str())),
+            );
+        }
+        None => out.push_str(r#"<p class="verdict-wait">Reading the YAML…</p>"#),
+    }
+    if !server.is_empty() {
+        errors(
+            &mut out,
+            "server-errors",
+            &mut server.iter().map(|(p, m)| (p.as_str(), m.as_str())),
+        );
+    }
+    if let Some(m) = message {
+        out.push_str(r#"<p class="form-error" role="alert">"#);
+        push_escaped(&mut out, m);
+        out.push_str("</p>");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_verdict_names_a_valid_spec_or_lists_every_problem_escaped() {
+        let spec = cairn::parse_spec(EXAMPLES[0].1, &ParseOptions::default()).unwrap();
+        let ok = verdict_html(Some(&Ok(spec)), &[], None);
+        assert!(
+            ok.contains("valid</span> ship-login · 3 steps · design · implement · test</p>"),
+            "{ok}"
+        );
+
+        let bad = cairn::parse_spec(
+            r#"{"steps": [{"id": "a", "role": "<wizard>", "task": "x"}], "name": 3}"#,
+            &ParseOptions {
+                known_roles: Some(["developer".to_string()].into()),
+                ..ParseOptions::default()
+            },
+        )
+        .unwrap_err();
+        let n = bad.errors.len();
+        let html = verdict_html(
+            Some(&Err(bad)),
+            &[("".into(), "<refused>".into())],
+            Some("down & out"),
+        );
+        assert!(
+            html.contains(&format!("invalid</span> {n} problem")),
+            "{html}"
+        );
+        assert_eq!(
+            html.matches(r#"<li><code class="error-path">"#).count(),
+            n + 1
+        );
+        assert!(html.contains("&lt;wizard&gt;"), "{html}");
+        assert!(!html.contains("<wizard>"));
+        assert!(html.contains(r#"data-testid="server-errors"><li><code class="error-path">spec</code> <span>&lt;refused&gt;</span>"#));
+        assert!(html.contains(r#"role="alert">down &amp; out</p>"#));
+
+        assert!(verdict_html(None, &[], None).contains("Reading the YAML…"));
+    }
+
+    #[test]
+    fn each_example_is_a_button_with_its_index() {
+        let html = examples_html();
+        assert_eq!(html.matches("<button").count(), EXAMPLES.len());
+        assert!(html.contains(r#"data-example="2">A flaky step that retries</button>"#));
     }
 }
