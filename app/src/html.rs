@@ -114,7 +114,7 @@ fn focus_home(el: &web_sys::Element) {
 /// [`follow_markup`] redraws the whole element when the shell changes and otherwise patches
 /// only the parts that did: a step's running timer ticking every second touches that one
 /// text, not the log someone is reading or the skip form someone is typing in.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Markup {
     /// The text between the parts: `shell[i]` comes before `parts[i]`, one more at the end.
     shell: Vec<String>,
@@ -129,6 +129,12 @@ enum Part {
     Attr(&'static str, String),
     /// A boolean attribute (`hidden`, `open`, `disabled`), there or not.
     Flag(&'static str, bool),
+}
+
+impl Default for Markup {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Markup {
@@ -300,6 +306,15 @@ mod tests {
             card("done", false, "").html(),
             r#"<article class="step" data-p0 data-status="done"><details data-p1 data-p2></details></article>"#
         );
+    }
+
+    #[test]
+    fn default_markup_is_empty_and_can_be_written_to() {
+        let mut m = Markup::default();
+        assert_eq!(m.html(), "");
+        m.push("<p");
+        m.content("x".into());
+        assert_eq!(m.html(), "<p data-p0>x");
     }
 
     #[test]
