@@ -184,7 +184,8 @@ fn Live(initial: WorkflowState) -> impl IntoView {
         };
         let (action, step) = key.split_once(':').unwrap_or((key.as_str(), ""));
         match action {
-            "resume" | "cancel" => run(capitalized(action), action.into(), None),
+            "resume" => run("Resume".into(), "resume".into(), None),
+            "cancel" => run("Cancel".into(), "cancel".into(), None),
             "retry" => run(format!("Retry {step}"), format!("steps/{step}/retry"), None),
             "retry-now" => run(
                 format!("Retry {step} now"),
@@ -227,14 +228,6 @@ fn Live(initial: WorkflowState) -> impl IntoView {
              inner_html=untrack(move || markup().html())></div>
         <History id viewing last=Signal::derive(move || state.with(|s| s.last_event_id))/>
     }
-}
-
-/// `Resume` for `resume`.
-fn capitalized(word: &str) -> String {
-    let mut c = word.chars();
-    c.next()
-        .map(|f| f.to_uppercase().chain(c).collect())
-        .unwrap_or_default()
 }
 
 /// The `data-key` of the control a click landed on, and whether the `<details>` around it
