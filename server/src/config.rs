@@ -82,8 +82,8 @@ impl Config {
 /// The contents of `cairn.toml`.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Role name → the runner that executes steps of that role.
-    pub roles: BTreeMap<String, RunnerConfig>,
+    /// Role name → the runner that executes steps of that role, and how much it may produce.
+    pub roles: BTreeMap<String, RoleConfig>,
     /// The server-wide retry policy, under each spec's `defaults.retry` and each step's `retry`.
     pub retry: RetryPolicy,
     /// The step timeout when a spec sets none.
@@ -109,9 +109,14 @@ impl EngineConfig {
         if raw.roles.is_empty() {
             bail!("no [roles.NAME] section: bind at least one role to a runner");
         }
-        for (name, runner) in &raw.roles {
-            check_role(name, runner)?;
-        }
+        let roles = raw
+            .roles
+            .into_iter()
+            .map(|(name, role)| {
+                let role = check_role(&name, role)?;
+                Ok((name, role))
+            })
+            .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
         if raw.defaults.timeout_s == 0 {
             bail!("defaults.timeout_s must be at least 1");
         }
@@ -141,7 +146,7 @@ impl EngineConfig {
             max_streams_per_client: sse.max_streams_per_client,
         };
         Ok(Self {
-            roles: raw.roles,
+            roles,
             retry,
             default_timeout_s: raw.defaults.timeout_s,
             settings,
@@ -155,7 +160,8 @@ impl EngineConfig {
     }
 }
 
-fn check_role(name: &str, runner: &RunnerConfig) -> anyhow::Result<()> {
+/// Checks one `[roles.NAME]` section and resolves its output limit.
+fn check_role(name: &str, raw: RawRole) -> anyhow::Result<RoleConfig> {
     let valid_name = name
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
@@ -163,7 +169,7 @@ fn check_role(name: &str, runner: &RunnerConfig) -> anyhow::Result<()> {
     if !valid_name {
         bail!("role name {name:?}: use letters, digits, '_' and '-'");
     }
-    match runner {
+    match &raw.runner {
         RunnerConfig::Simulate => {}
         RunnerConfig::Command { program, .. } => {
             if program.trim().is_empty() {
@@ -176,7 +182,23 @@ fn check_role(name: &str, runner: &RunnerConfig) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
+    let max_bytes = match raw.max_output_bytes {
+        None => DEFAULT_MAX_OUTPUT_BYTES,
+        Some(n) => match usize::try_from(n) {
+            Ok(n @ 1..=MAX_MAX_OUTPUT_BYTES) => n,
+            _ => bail!(
+                "roles.{name}.max_output_bytes must be between 1 and {MAX_MAX_OUTPUT_BYTES} \
+                 (256 MiB), got {n}"
+            ),
+        },
+    };
+    Ok(RoleConfig {
+        runner: raw.runner,
+        output: OutputLimit {
+            max_bytes,
+            on_overflow: raw.on_output_overflow.unwrap_or_default(),
+        },
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -189,7 +211,18 @@ struct RawConfig {
     #[serde(default)]
     defaults: RawDefaults,
     #[serde(default)]
-    roles: BTreeMap<String, RunnerConfig>,
+    roles: BTreeMap<String, RawRole>,
+}
+
+/// A `[roles.NAME]` section as written: the runner's keys (tagged by `runner`) beside the
+/// output limit's. The limit's keys are taken out first; the rest is the runner's.
+#[derive(Debug, Deserialize)]
+struct RawRole {
+    /// Signed, so that a negative value gets the same clear message as zero.
+    max_output_bytes: Option<i64>,
+    on_output_overflow: Option<OnOverflow>,
+    #[serde(flatten)]
+    runner: RunnerConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -252,6 +285,53 @@ fn default_timeout_s() -> u64 {
     600
 }
 
+/// What `max_output_bytes` is when a role does not set it: 16 MiB.
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 16 * 1024 * 1024;
+
+/// The largest `max_output_bytes` a role may set: 256 MiB. An output is held in memory (and
+/// stored in the event log), so the limit is what bounds a runaway step's memory.
+pub const MAX_MAX_OUTPUT_BYTES: usize = 256 * 1024 * 1024;
+
+/// A `[roles.NAME]` section: the runner, and how much output an attempt may produce.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoleConfig {
+    /// How the role's steps are executed.
+    pub runner: RunnerConfig,
+    /// The bound on what one attempt produces (`max_output_bytes`, `on_output_overflow`).
+    pub output: OutputLimit,
+}
+
+/// How much output one attempt may produce, and what happens past it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputLimit {
+    /// The most bytes of output kept (`max_output_bytes`, 1 ..= 256 MiB, default 16 MiB).
+    pub max_bytes: usize,
+    /// What happens to an attempt that produces more (`on_output_overflow`).
+    pub on_overflow: OnOverflow,
+}
+
+impl Default for OutputLimit {
+    fn default() -> Self {
+        Self {
+            max_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            on_overflow: OnOverflow::default(),
+        }
+    }
+}
+
+/// What a runner does with an attempt whose output goes past `max_output_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnOverflow {
+    /// The attempt fails at once, for good (a retry would produce as much again); a program
+    /// is killed with its process group.
+    #[default]
+    Fail,
+    /// The output is cut at the limit and a marker line says so; a program runs to its end,
+    /// what it prints past the limit read and dropped.
+    Truncate,
+}
+
 /// How a role's steps are executed (DESIGN §3).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "runner", rename_all = "snake_case")]
@@ -306,7 +386,10 @@ mod tests {
         for role in ["architect", "developer", "tester", "reviewer"] {
             assert_eq!(
                 config.roles.get(role),
-                Some(&RunnerConfig::Simulate),
+                Some(&RoleConfig {
+                    runner: RunnerConfig::Simulate,
+                    output: OutputLimit::default(),
+                }),
                 "{role}"
             );
         }
@@ -330,7 +413,7 @@ mod tests {
             resume_args,
             task_via,
             ..
-        } = &config.roles["claude"]
+        } = &config.roles["claude"].runner
         else {
             panic!("not a command runner: {:?}", config.roles["claude"]);
         };
@@ -366,5 +449,82 @@ mod tests {
         .unwrap();
         assert_eq!(config.retry.max_attempts, 7);
         assert_eq!(config.retry.initial_interval_ms, 1000);
+    }
+
+    #[test]
+    fn the_output_limit_defaults_to_16_mib_and_failing() {
+        let config = EngineConfig::from_toml("[roles.a]\nrunner = \"simulate\"\n").unwrap();
+        let limit = config.roles["a"].output;
+        assert_eq!(limit.max_bytes, 16 * 1024 * 1024);
+        assert_eq!(limit.on_overflow, OnOverflow::Fail);
+    }
+
+    #[test]
+    fn a_role_sets_its_output_limit_beside_its_runner_keys() {
+        let config = EngineConfig::from_toml(
+            r#"
+            [roles.claude]
+            runner = "command"
+            program = "claude"
+            args = ["-p"]
+            max_output_bytes = 1048576
+            on_output_overflow = "truncate"
+
+            [roles.hook]
+            on_output_overflow = "fail"
+            runner = "http"
+            url = "http://127.0.0.1:8080/step"
+            max_output_bytes = 268435456
+            "#,
+        )
+        .unwrap();
+        let claude = &config.roles["claude"];
+        assert_eq!(
+            claude.output,
+            OutputLimit {
+                max_bytes: 1024 * 1024,
+                on_overflow: OnOverflow::Truncate
+            }
+        );
+        let RunnerConfig::Command { program, args, .. } = &claude.runner else {
+            panic!("not a command runner: {claude:?}");
+        };
+        assert_eq!(
+            (program.as_str(), args.as_slice()),
+            ("claude", &["-p".to_string()][..])
+        );
+        let hook = &config.roles["hook"];
+        assert_eq!(hook.output.max_bytes, MAX_MAX_OUTPUT_BYTES);
+        assert_eq!(hook.output.on_overflow, OnOverflow::Fail);
+        assert!(matches!(hook.runner, RunnerConfig::Http { .. }), "{hook:?}");
+    }
+
+    #[test]
+    fn an_output_limit_out_of_range_is_refused_naming_the_key() {
+        for bad in ["0", "-1", "268435457", "9223372036854775807"] {
+            let err = EngineConfig::from_toml(&format!(
+                "[roles.dev]\nrunner = \"simulate\"\nmax_output_bytes = {bad}\n"
+            ))
+            .unwrap_err();
+            let err = format!("{err:#}");
+            assert!(err.contains("roles.dev.max_output_bytes"), "{bad}: {err}");
+            assert!(err.contains(bad), "{bad}: {err}");
+        }
+        let err = EngineConfig::from_toml(
+            "[roles.dev]\nrunner = \"simulate\"\nmax_output_bytes = \"16MiB\"\n",
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("max_output_bytes"), "{err:#}");
+    }
+
+    #[test]
+    fn an_unknown_overflow_policy_is_refused() {
+        let err = EngineConfig::from_toml(
+            "[roles.dev]\nrunner = \"simulate\"\non_output_overflow = \"ignore\"\n",
+        )
+        .unwrap_err();
+        let err = format!("{err:#}");
+        assert!(err.contains("on_output_overflow"), "{err}");
+        assert!(err.contains("truncate"), "{err}");
     }
 }
