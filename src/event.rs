@@ -87,8 +87,11 @@ pub enum Event {
         step_id: String,
         /// Attempt number, from 1 within the current run of the step.
         attempt: u32,
-        /// The rendered task.
+        /// The rendered task; once stored, its first [`crate::OUTPUT_PREVIEW_BYTES`] (the
+        /// task is rendered again from the stored outputs whenever the step runs).
         task: String,
+        /// The whole task's size in bytes when `task` was cut; `None` when `task` is whole.
+        task_bytes: Option<u64>,
         /// The agent session this attempt continues (carried over from an earlier attempt).
         session_id: Option<String>,
     },
@@ -128,8 +131,11 @@ pub enum Event {
         step_id: String,
         /// The attempt that succeeded.
         attempt: u32,
-        /// What downstream templates read as `{STEP.output}`.
+        /// What downstream templates read as `{STEP.output}`; once stored, its first
+        /// [`crate::OUTPUT_PREVIEW_BYTES`] (the whole output is stored once, beside the log).
         output: String,
+        /// The whole output's size in bytes when `output` was cut; `None` when it is whole.
+        output_bytes: Option<u64>,
         /// The agent session the attempt ran in, if the runner reported one.
         session_id: Option<String>,
         /// How long the attempt took.
@@ -152,8 +158,10 @@ pub enum Event {
     StepSkipped {
         /// The step.
         step_id: String,
-        /// The output to pretend it produced.
+        /// The output to pretend it produced (a preview once stored, as for `step.completed`).
         output: Option<String>,
+        /// The whole output's size in bytes when `output` was cut; `None` when it is whole.
+        output_bytes: Option<u64>,
         /// Who skipped it.
         by: Option<String>,
     },
@@ -245,6 +253,47 @@ impl Event {
     }
 }
 
+impl Event {
+    /// Cuts the texts an event may carry in full (a step's output, a rendered task) to their
+    /// previews, recording the whole sizes, and returns the whole output if it was cut: the
+    /// store keeps it once, beside the log, instead of in the event. A rendered task is not
+    /// kept (it is rendered again from the inputs and stored outputs when the step runs).
+    pub fn cut_to_preview(&mut self) -> Option<String> {
+        match self {
+            Event::StepStarted {
+                task, task_bytes, ..
+            } => {
+                if task.len() > crate::OUTPUT_PREVIEW_BYTES {
+                    task_bytes.get_or_insert(task.len() as u64);
+                    let cut = crate::preview(task).len();
+                    task.truncate(cut);
+                    task.shrink_to_fit();
+                }
+                None
+            }
+            Event::StepCompleted {
+                output,
+                output_bytes,
+                ..
+            }
+            | Event::StepSkipped {
+                output: Some(output),
+                output_bytes,
+                ..
+            } => {
+                if output.len() <= crate::OUTPUT_PREVIEW_BYTES {
+                    return None;
+                }
+                output_bytes.get_or_insert(output.len() as u64);
+                let whole = std::mem::take(output);
+                *output = crate::preview(&whole).to_string();
+                Some(whole)
+            }
+            _ => None,
+        }
+    }
+}
+
 // Reading events.
 //
 // Serde's derived reader for this shape (an internally tagged enum, flattened into the record)
@@ -291,6 +340,7 @@ impl Event {
                 step_id: f.required("step_id")?,
                 attempt: f.required("attempt")?,
                 task: f.required("task")?,
+                task_bytes: f.optional("task_bytes")?,
                 session_id: f.optional("session_id")?,
             },
             "step.log" => Event::StepLog {
@@ -311,6 +361,7 @@ impl Event {
                 step_id: f.required("step_id")?,
                 attempt: f.required("attempt")?,
                 output: f.required("output")?,
+                output_bytes: f.optional("output_bytes")?,
                 session_id: f.optional("session_id")?,
                 duration_ms: f.required("duration_ms")?,
             },
@@ -323,6 +374,7 @@ impl Event {
             "step.skipped" => Event::StepSkipped {
                 step_id: f.required("step_id")?,
                 output: f.optional("output")?,
+                output_bytes: f.optional("output_bytes")?,
                 by: f.optional("by")?,
             },
             "workflow.completed" => Event::WorkflowCompleted {},
@@ -379,6 +431,7 @@ mod tests {
                 attempt: 1,
                 task: "do 1".into(),
                 session_id: None,
+                task_bytes: None,
             },
             Event::StepLog {
                 step_id: s(),
@@ -400,6 +453,7 @@ mod tests {
                 output: "ok".into(),
                 session_id: Some("sess".into()),
                 duration_ms: 5,
+                output_bytes: None,
             },
             Event::StepFailed {
                 step_id: s(),
@@ -411,6 +465,7 @@ mod tests {
                 step_id: s(),
                 output: None,
                 by: Some("bob".into()),
+                output_bytes: None,
             },
             Event::WorkflowCompleted {},
             Event::WorkflowFailed {
@@ -451,12 +506,14 @@ mod tests {
                 output: "plan".into(),
                 session_id: None,
                 duration_ms: 812,
+                output_bytes: None,
             },
         );
         assert_eq!(
             serde_json::to_value(&rec).unwrap(),
             json!({"id":42,"workflow_id":"wf_1","at":"2026-01-02T03:04:05Z","type":"step.completed",
-                   "step_id":"design","attempt":1,"output":"plan","session_id":null,"duration_ms":812})
+                   "step_id":"design","attempt":1,"output":"plan","output_bytes":null,"session_id":null,
+                   "duration_ms":812})
         );
     }
 
@@ -472,7 +529,8 @@ mod tests {
             Event::StepSkipped {
                 step_id: "a".into(),
                 output: None,
-                by: None
+                by: None,
+                output_bytes: None,
             }
         );
         assert_eq!(rec.at, at("2026-01-02T01:04:05Z"));
@@ -517,7 +575,8 @@ mod tests {
                 attempt: 2,
                 output: "ok".into(),
                 session_id: None,
-                duration_ms: 5
+                duration_ms: 5,
+                output_bytes: None,
             }
         );
     }
@@ -565,6 +624,66 @@ mod tests {
             .step_id(),
             None
         );
+    }
+
+    #[test]
+    fn cutting_to_a_preview_keeps_the_whole_output_once_and_the_sizes() {
+        let big = "é".repeat(3000); // 6,000 bytes, two per character
+        let mut e = Event::StepCompleted {
+            step_id: "a".into(),
+            attempt: 1,
+            output: big.clone(),
+            output_bytes: None,
+            session_id: None,
+            duration_ms: 1,
+        };
+        assert_eq!(e.cut_to_preview(), Some(big.clone()));
+        let Event::StepCompleted {
+            output,
+            output_bytes,
+            ..
+        } = &e
+        else {
+            unreachable!()
+        };
+        assert_eq!(output.len(), crate::OUTPUT_PREVIEW_BYTES);
+        assert!(big.starts_with(output.as_str()));
+        assert_eq!(*output_bytes, Some(6000));
+        assert_eq!(e.cut_to_preview(), None, "cutting twice changes nothing");
+
+        let mut started = Event::StepStarted {
+            step_id: "b".into(),
+            attempt: 1,
+            task: "x".repeat(10_000),
+            task_bytes: None,
+            session_id: None,
+        };
+        assert_eq!(started.cut_to_preview(), None);
+        let Event::StepStarted {
+            task, task_bytes, ..
+        } = &started
+        else {
+            unreachable!()
+        };
+        assert_eq!(
+            (task.len(), *task_bytes),
+            (crate::OUTPUT_PREVIEW_BYTES, Some(10_000))
+        );
+
+        let mut small = Event::StepSkipped {
+            step_id: "c".into(),
+            output: Some("by hand".into()),
+            output_bytes: None,
+            by: None,
+        };
+        assert_eq!(small.cut_to_preview(), None);
+        assert!(matches!(
+            small,
+            Event::StepSkipped {
+                output_bytes: None,
+                ..
+            }
+        ));
     }
 
     #[test]

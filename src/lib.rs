@@ -48,7 +48,7 @@ pub use spec::{
 };
 pub use state::{
     ApplyError, AttemptRecord, LOG_LINE_MAX_BYTES, LOG_TAIL, LogLine, MAX_ATTEMPT_RECORDS,
-    Progress, StepState, StepStatus, WorkflowState, WorkflowStatus,
+    OUTPUT_PREVIEW_BYTES, Progress, StepState, StepStatus, WorkflowState, WorkflowStatus, preview,
 };
 pub use summary::WorkflowSummary;
 pub use template::{Template, TemplateContext, TemplateError, TemplateRef};

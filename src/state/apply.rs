@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 
 use super::{
     ApplyError, AttemptRecord, LOG_LINE_MAX_BYTES, LOG_TAIL, LogLine, MAX_ATTEMPT_RECORDS,
-    StepState, StepStatus, WorkflowState, WorkflowStatus,
+    StepState, StepStatus, WorkflowState, WorkflowStatus, preview,
 };
 use crate::event::{Event, EventRecord};
 use crate::spec::{OnExhausted, ValidSpec};
@@ -34,12 +34,12 @@ impl WorkflowState {
     /// | `step.log` | step running that attempt | line added to the tail |
     /// | `step.retrying`, `by: None` | step running that attempt | step retrying until `next_attempt_at`, attempt closed with the error |
     /// | `step.retrying`, `by: Some` | step retrying, workflow not terminal ("retry now") | `next_attempt_at` moved earlier |
-    /// | ditto | step completed/failed/skipped/cancelled ("retry step") | step retrying with a fresh budget; its non-pending descendants pending; workflow running again |
-    /// | `step.completed` | step running that attempt | step completed |
-    /// | `step.failed` | step running or retrying, that attempt | step failed; `on_exhausted: pause` pauses a running workflow |
-    /// | `step.skipped` | step not completed nor running | step skipped, output as given or ""; paused workflow runs again |
+    /// | ditto | step completed/failed/skipped/cancelled ("retry step") | step retrying with a fresh budget; its non-pending descendants pending; workflow running again, with its cancelled steps pending |
+    /// | `step.completed` | step running that attempt | step completed; its output kept as a preview (first [`OUTPUT_PREVIEW_BYTES`](super::OUTPUT_PREVIEW_BYTES)) with its whole size |
+    /// | `step.failed` | step running or retrying, that attempt | step failed; `on_exhausted: pause` pauses a running workflow and cancels the steps in flight |
+    /// | `step.skipped` | step not completed nor running | step skipped, output as given or ""; paused workflow runs again, the steps the pause cancelled pending |
     /// | `workflow.completed` | running, every step done | completed |
-    /// | `workflow.failed` | running, paused or stalled | failed (steps untouched) |
+    /// | `workflow.failed` | running, paused or stalled | failed; running and retrying steps cancelled (fail-fast) |
     /// | `workflow.cancelled` | not terminal | cancelled; pending/running/retrying steps cancelled |
     /// | `workflow.stalled` | running | stalled (running steps stay running: interrupted) |
     /// | `workflow.resumed` | stalled, failed, cancelled or paused | running; interrupted steps pending under the same attempt number and session; failed/cancelled steps pending with a fresh budget |
@@ -85,8 +85,12 @@ impl WorkflowState {
                 step_id,
                 attempt,
                 task,
+                task_bytes,
                 session_id,
-            } => self.step_started(at, step_id, *attempt, task, session_id.as_deref()),
+            } => {
+                let bytes = task_bytes.unwrap_or(task.len() as u64);
+                self.step_started(at, step_id, *attempt, (task, bytes), session_id.as_deref())
+            }
             Event::StepLog {
                 step_id,
                 attempt,
@@ -125,6 +129,7 @@ impl WorkflowState {
                 step_id,
                 attempt,
                 output,
+                output_bytes,
                 session_id,
                 duration_ms,
             } => {
@@ -132,7 +137,8 @@ impl WorkflowState {
                 let s = &mut self.steps[i];
                 close_attempt(s, at, None, Some(*duration_ms));
                 s.status = StepStatus::Completed;
-                s.output = Some(output.clone());
+                s.output = Some(preview(output).to_string());
+                s.output_bytes = Some(output_bytes.unwrap_or(output.len() as u64));
                 if session_id.is_some() {
                     s.session_id.clone_from(session_id);
                 }
@@ -149,8 +155,11 @@ impl WorkflowState {
                 duration_ms,
             } => self.step_failed(at, step_id, *attempt, error, *duration_ms),
             Event::StepSkipped {
-                step_id, output, ..
-            } => self.step_skipped(at, step_id, output),
+                step_id,
+                output,
+                output_bytes,
+                ..
+            } => self.step_skipped(at, step_id, output.as_deref(), *output_bytes),
             Event::WorkflowCompleted {} => self.completed(at),
             Event::WorkflowFailed { step_id, error } => self.failed(at, step_id.as_deref(), error),
             Event::WorkflowCancelled { reason, .. } => self.cancelled(at, reason.as_deref()),
@@ -202,7 +211,7 @@ impl WorkflowState {
         at: DateTime<Utc>,
         step_id: &str,
         attempt: u32,
-        task: &str,
+        (task, task_bytes): (&str, u64),
         session_id: Option<&str>,
     ) -> Check {
         self.require(&[WorkflowStatus::Running])?;
@@ -231,11 +240,13 @@ impl WorkflowState {
         let s = &mut self.steps[i];
         s.status = StepStatus::Running;
         s.attempt = attempt;
-        s.task = Some(task.to_string());
+        s.task = Some(preview(task).to_string());
+        s.task_bytes = Some(task_bytes);
         if let Some(id) = session_id {
             s.session_id = Some(id.to_string());
         }
         s.output = None;
+        s.output_bytes = None;
         s.error = None;
         s.started_at = Some(at);
         s.finished_at = None;
@@ -309,7 +320,9 @@ impl WorkflowState {
                     .as_ref()
                     .map(|s| s.descendants(step_id))
                     .unwrap_or_default();
-                let was_cancelled = self.status == WorkflowStatus::Cancelled;
+                // Coming back from a failure, a pause or a cancel, the steps that it stopped
+                // are pending again too, or the workflow could never finish.
+                let was_stopped = self.status != WorkflowStatus::Running;
                 let superseded = format!("superseded: '{step_id}' is being retried");
                 for s in &mut self.steps {
                     if s.id == step_id {
@@ -318,7 +331,7 @@ impl WorkflowState {
                         s.next_attempt_at = Some(next_attempt_at);
                         clear_result(s);
                     } else if (descendants.contains(&s.id) && s.status != StepStatus::Pending)
-                        || (was_cancelled && s.status == StepStatus::Cancelled)
+                        || (was_stopped && s.status == StepStatus::Cancelled)
                     {
                         reset_to_pending(s, at, &superseded);
                     }
@@ -379,25 +392,43 @@ impl WorkflowState {
         s.next_attempt_at = None;
         if pause && self.status == WorkflowStatus::Running {
             self.status = WorkflowStatus::Paused;
+            self.stop_in_flight(
+                at,
+                &format!("cancelled: step '{step_id}' failed and the workflow paused"),
+            );
         }
         Ok(())
     }
 
     /// `step.skipped`: any step that is not completed or running becomes skipped, with the
     /// given output or "" (downstream templates read it). A paused workflow runs again.
-    fn step_skipped(&mut self, at: DateTime<Utc>, step_id: &str, output: &Option<String>) -> Check {
+    fn step_skipped(
+        &mut self,
+        at: DateTime<Utc>,
+        step_id: &str,
+        output: Option<&str>,
+        output_bytes: Option<u64>,
+    ) -> Check {
         let i = self.find(step_id)?;
         let s = &mut self.steps[i];
         if matches!(s.status, StepStatus::Completed | StepStatus::Running) {
             return Err(format!("step '{step_id}' is {}", s.status));
         }
+        let output = output.unwrap_or_default();
         s.status = StepStatus::Skipped;
-        s.output = Some(output.clone().unwrap_or_default());
+        s.output = Some(preview(output).to_string());
+        s.output_bytes = Some(output_bytes.unwrap_or(output.len() as u64));
         s.error = None;
         s.next_attempt_at = None;
         s.finished_at = Some(at);
         s.duration_ms = None;
         if self.status == WorkflowStatus::Paused {
+            // The steps the pause stopped run again.
+            for s in &mut self.steps {
+                if s.status == StepStatus::Cancelled {
+                    reset_to_pending(s, at, "");
+                }
+            }
             self.status = WorkflowStatus::Running;
         }
         Ok(())
@@ -415,14 +446,20 @@ impl WorkflowState {
         Ok(())
     }
 
-    /// `workflow.failed`: from running, paused or stalled. Steps are left as they are: a
-    /// step still running in a parallel branch may yet complete, and resume re-runs it if not.
+    /// `workflow.failed`: from running, paused or stalled. Fail-fast: steps still running or
+    /// waiting to retry in other branches are cancelled (their attempts are killed), so a
+    /// finished workflow never has a step in flight; resume or a retry runs them again.
     fn failed(&mut self, at: DateTime<Utc>, step_id: Option<&str>, error: &str) -> Check {
         use WorkflowStatus::{Paused, Running, Stalled};
         self.require(&[Running, Paused, Stalled])?;
         if let Some(id) = step_id {
             self.find(id)?;
         }
+        let why = match step_id {
+            Some(id) => format!("cancelled: step '{id}' failed"),
+            None => "cancelled: the workflow failed".to_string(),
+        };
+        self.stop_in_flight(at, &why);
         self.status = WorkflowStatus::Failed;
         self.error = Some(error.to_string());
         self.finished_at = Some(at);
@@ -477,6 +514,22 @@ impl WorkflowState {
         Ok(())
     }
 
+    /// Cancels every step that is running or waiting to retry, closing a running attempt
+    /// with `why`.
+    fn stop_in_flight(&mut self, at: DateTime<Utc>, why: &str) {
+        for s in &mut self.steps {
+            if matches!(s.status, StepStatus::Running | StepStatus::Retrying) {
+                if s.status == StepStatus::Running {
+                    close_attempt(s, at, Some(why.to_string()), None);
+                }
+                s.status = StepStatus::Cancelled;
+                s.error = Some(why.to_string());
+                s.finished_at = Some(at);
+                s.next_attempt_at = None;
+            }
+        }
+    }
+
     fn require(&self, allowed: &[WorkflowStatus]) -> Check {
         if allowed.contains(&self.status) {
             Ok(())
@@ -527,6 +580,7 @@ fn reset_to_pending(s: &mut StepState, at: DateTime<Utc>, why: &str) {
 /// run continues the same agent session).
 fn clear_result(s: &mut StepState) {
     s.output = None;
+    s.output_bytes = None;
     s.error = None;
     s.finished_at = None;
     s.duration_ms = None;

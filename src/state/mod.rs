@@ -25,6 +25,10 @@ pub const LOG_TAIL: usize = 200;
 /// Longest log line kept, in bytes; longer lines are cut (at a character boundary) and end
 /// with "…". A runner printing a megabyte without a newline must not bloat every snapshot.
 pub const LOG_LINE_MAX_BYTES: usize = 8 * 1024;
+/// How much of a step's output (and of its rendered task) the state, the events and the
+/// browser carry: the first this many bytes, cut at a character boundary. The whole output is
+/// stored once beside the log and served by its own URL; the server renders templates from it.
+pub const OUTPUT_PREVIEW_BYTES: usize = 4096;
 /// How many attempt records a step keeps (the newest); manual retries could otherwise grow
 /// the history without bound.
 pub const MAX_ATTEMPT_RECORDS: usize = 100;
@@ -167,12 +171,17 @@ pub struct StepState {
     pub attempt: u32,
     /// Its retry budget.
     pub max_attempts: u32,
-    /// The task as last rendered.
+    /// The task as last rendered: its first [`OUTPUT_PREVIEW_BYTES`].
     pub task: Option<String>,
+    /// The whole rendered task's size in bytes (more than `task` holds when it was cut).
+    pub task_bytes: Option<u64>,
     /// The agent session the step runs in, carried from attempt to attempt.
     pub session_id: Option<String>,
-    /// What it produced (completed), or what a person gave (skipped).
+    /// What it produced (completed), or what a person gave (skipped): the first
+    /// [`OUTPUT_PREVIEW_BYTES`] of it.
     pub output: Option<String>,
+    /// The whole output's size in bytes (more than `output` holds when it was cut).
+    pub output_bytes: Option<u64>,
     /// Why its last attempt failed.
     pub error: Option<String>,
     /// When its current (or last) attempt started.
@@ -199,8 +208,10 @@ impl StepState {
             attempt: 0,
             max_attempts: def.retry.max_attempts,
             task: None,
+            task_bytes: None,
             session_id: None,
             output: None,
+            output_bytes: None,
             error: None,
             started_at: None,
             finished_at: None,
@@ -421,6 +432,29 @@ impl WorkflowState {
             .ok_or_else(|| TemplateError::UnknownStep(step_id.to_string()))?;
         def.template()?.render(self)
     }
+}
+
+impl StepState {
+    /// Whether `output` is only the beginning of what the step produced: the rest is stored
+    /// beside the log.
+    pub fn output_is_cut(&self) -> bool {
+        match (&self.output, self.output_bytes) {
+            (Some(o), Some(n)) => n > o.len() as u64,
+            _ => false,
+        }
+    }
+}
+
+/// The first [`OUTPUT_PREVIEW_BYTES`] of `text`, cut at a character boundary.
+pub fn preview(text: &str) -> &str {
+    if text.len() <= OUTPUT_PREVIEW_BYTES {
+        return text;
+    }
+    let mut cut = OUTPUT_PREVIEW_BYTES;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &text[..cut]
 }
 
 impl TemplateContext for WorkflowState {

@@ -42,17 +42,25 @@ fn candidates(s: &WorkflowState, now: DateTime<Utc>, salt: u16) -> Vec<Event> {
                 attempt: a + 1,
                 task,
                 session_id,
+                task_bytes: None,
             };
             out.extend([started.clone(), started.clone(), started]);
         }
         match step.status {
             S::Running => {
+                // Now and then an output too big to carry whole: the state keeps a preview.
+                let output = if salt % 13 == 5 {
+                    format!("out-{id}-{a}-").repeat(OUTPUT_PREVIEW_BYTES / 4)
+                } else {
+                    format!("out-{id}-{a}")
+                };
                 let completed = Event::StepCompleted {
                     step_id: id.clone(),
                     attempt: a,
-                    output: format!("out-{id}-{a}"),
+                    output,
                     session_id: salt.is_multiple_of(2).then(|| format!("sess-{id}")),
                     duration_ms: u64::from(salt),
+                    output_bytes: None,
                 };
                 out.extend([completed.clone(), completed.clone(), completed]);
                 out.push(Event::StepLog {
@@ -93,6 +101,7 @@ fn candidates(s: &WorkflowState, now: DateTime<Utc>, salt: u16) -> Vec<Event> {
                 step_id: id,
                 output,
                 by: Some("bob".into()),
+                output_bytes: None,
             });
         }
     }
@@ -175,6 +184,7 @@ fn arb_event() -> impl Strategy<Value = Event> {
                     attempt,
                     task: "t".into(),
                     session_id: text,
+                    task_bytes: None,
                 },
                 2 => Event::StepLog {
                     step_id,
@@ -196,6 +206,7 @@ fn arb_event() -> impl Strategy<Value = Event> {
                     output: "o".into(),
                     session_id: text,
                     duration_ms: n,
+                    output_bytes: None,
                 },
                 5 => Event::StepFailed {
                     step_id,
@@ -207,6 +218,7 @@ fn arb_event() -> impl Strategy<Value = Event> {
                     step_id,
                     output: text,
                     by: who,
+                    output_bytes: None,
                 },
                 7 => Event::WorkflowCompleted {},
                 8 => Event::WorkflowFailed {
@@ -290,6 +302,28 @@ fn check_invariants(before: &WorkflowState, after: &WorkflowState, event: &Event
             "ready step {} cannot render",
             ready.id
         );
+    }
+    // Nothing in flight once the workflow has finished or waits for a person.
+    if after.status.is_terminal() || after.status == WorkflowStatus::Paused {
+        for s in &after.steps {
+            assert!(
+                !matches!(s.status, StepStatus::Running | StepStatus::Retrying),
+                "{} workflow with step {} {} after {event:?}",
+                after.status,
+                s.id,
+                s.status
+            );
+        }
+    }
+    // Outputs and tasks are previews, with the whole size beside them.
+    for s in &after.steps {
+        if let Some(o) = &s.output {
+            assert!(o.len() <= OUTPUT_PREVIEW_BYTES);
+            assert!(s.output_bytes.is_some_and(|n| n >= o.len() as u64));
+        }
+        if let Some(t) = &s.task {
+            assert!(t.len() <= OUTPUT_PREVIEW_BYTES);
+        }
     }
     let p = after.progress();
     assert!(p.done + p.running + p.failed <= p.total);

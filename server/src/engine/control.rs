@@ -141,6 +141,7 @@ pub fn event_for(
                 _ => Ok(Event::StepSkipped {
                     step_id: step_id.clone(),
                     output: output.clone(),
+                    output_bytes: None,
                     by,
                 }),
             }
@@ -173,6 +174,17 @@ impl Engine {
             ),
         };
         let event = event_for(&state, control, by, now)?;
+        // A long skip output is what the steps after it render from: keep it whole.
+        let whole = match control {
+            Control::Skip {
+                step_id,
+                output: Some(output),
+            } if output.len() > cairn::OUTPUT_PREVIEW_BYTES => Some((
+                step_id.clone(),
+                std::sync::Arc::<str>::from(output.as_str()),
+            )),
+            _ => None,
+        };
         let change = Change {
             workflow_id: workflow_id.to_string(),
             fence,
@@ -202,6 +214,9 @@ impl Engine {
                         }
                     }
                     owned.state = state.clone();
+                    if let Some((step_id, output)) = whole {
+                        owned.whole_outputs.insert(step_id, output);
+                    }
                     if state.status.is_terminal() || state.status == WorkflowStatus::Paused {
                         self.drop_owned(workflow_id);
                         if state.status == WorkflowStatus::Paused {
@@ -217,6 +232,9 @@ impl Engine {
             Some(Outcome::Rejected(Rejection::DoesNotApply(e))) => {
                 Err(ControlError::Conflict(e.reason))
             }
+            Some(Outcome::Rejected(Rejection::Unstorable(reason))) => Err(ControlError::Conflict(
+                format!("the change cannot be stored: {reason}"),
+            )),
             Some(Outcome::Rejected(Rejection::UnknownWorkflow)) => {
                 Err(ControlError::NotFound("no such workflow".into()))
             }

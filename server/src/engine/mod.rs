@@ -69,6 +69,13 @@ struct Owned {
     attempts: HashMap<String, CancellationToken>,
     /// Log lines seen per step: (attempt, count), for the per-attempt cap.
     log_counts: HashMap<String, (u32, u32)>,
+    /// The whole outputs of steps whose state carries only a preview, by step, for the
+    /// templates of the steps after them.
+    whole_outputs: HashMap<String, Arc<str>>,
+    /// Checkpoints of this workflow the store refused in a row.
+    unstorable: u32,
+    /// Why the next tick must fail the workflow (its checkpoints keep being refused).
+    fail_next: Option<String>,
 }
 
 /// An attempt that ended, on its way back to the loop.

@@ -2,8 +2,10 @@
 
 use std::collections::HashMap;
 
-use cairn::{Event, EventRecord, RetryDecision, WorkflowState, WorkflowStatus};
-use chrono::{DateTime, Utc};
+use std::sync::Arc;
+
+use cairn::{Event, EventRecord, RetryDecision, TemplateContext, WorkflowState, WorkflowStatus};
+use chrono::{DateTime, SubsecRound, Utc};
 
 use super::{
     Engine, Finished, Owned, TickOutcome,
@@ -17,13 +19,86 @@ const CLAIM_BATCH: u32 = 256;
 /// `step.log` events kept per attempt; a runaway program cannot flood the log.
 pub const MAX_LOG_LINES_PER_ATTEMPT: u32 = 1000;
 
+/// The largest task a step may be given, rendered: `Build {design.output}` with a huge
+/// design output fails the step with a clear error past it rather than copying it into a
+/// program's stdin or an HTTP body without bound.
+pub const MAX_TASK_BYTES: usize = 16 * 1024 * 1024;
+
+/// Consecutive refused checkpoints after which a workflow is failed with the reason.
+const MAX_UNSTORABLE: u32 = 3;
+
 /// A workflow's events of this tick, folded as they are decided so that every decision sees
 /// the ones before it (a step that just completed unblocks its dependents in the same tick).
 struct Draft {
     base: WorkflowState,
     state: WorkflowState,
     events: Vec<Stamped>,
-    launches: Vec<String>,
+    /// Steps to launch once committed, with their whole rendered task.
+    launches: Vec<(String, String)>,
+    /// The attempt results folded into `events`: if the store cannot hold the change, each
+    /// becomes a failed attempt with the reason.
+    results: Vec<Settled>,
+}
+
+/// An attempt result folded into a draft.
+struct Settled {
+    step_id: String,
+    attempt: u32,
+    epoch: i64,
+    duration_ms: u64,
+}
+
+/// The outputs a template reads: the whole ones the engine holds for steps whose state
+/// carries only a preview, the state's own otherwise.
+struct WholeOutputs<'a> {
+    state: &'a WorkflowState,
+    whole: &'a HashMap<String, Arc<str>>,
+}
+
+impl TemplateContext for WholeOutputs<'_> {
+    fn input(&self, name: &str) -> Option<&str> {
+        self.state.input(name)
+    }
+
+    fn step_output(&self, step: &str) -> Option<&str> {
+        let s = self.state.step(step)?;
+        if s.output_is_cut() {
+            // Never render from a preview: a missing whole output is an error, not a cut task.
+            self.whole.get(step).map(|w| &**w)
+        } else {
+            s.output.as_deref()
+        }
+    }
+
+    fn step_session_id(&self, step: &str) -> Option<&str> {
+        self.state.step_session_id(step)
+    }
+}
+
+/// Renders a step's task from whole outputs, within [`MAX_TASK_BYTES`].
+fn render_whole(
+    state: &WorkflowState,
+    whole: &HashMap<String, Arc<str>>,
+    step_id: &str,
+) -> Result<String, String> {
+    let def = state
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.step(step_id))
+        .ok_or_else(|| format!("unknown step '{step_id}'"))?;
+    let ctx = WholeOutputs { state, whole };
+    let task = def
+        .template()
+        .and_then(|t| t.render(&ctx))
+        .map_err(|e| format!("cannot render the task: {e}"))?;
+    if task.len() > MAX_TASK_BYTES {
+        return Err(format!(
+            "the rendered task is {} bytes, over the limit of {} bytes (16 MiB)",
+            task.len(),
+            MAX_TASK_BYTES
+        ));
+    }
+    Ok(task)
 }
 
 impl Draft {
@@ -33,6 +108,7 @@ impl Draft {
             state,
             events: Vec::new(),
             launches: Vec::new(),
+            results: Vec::new(),
         }
     }
 
@@ -66,7 +142,8 @@ impl Engine {
     /// attempts and log lines into events, start ready steps, and commit it all in one
     /// transaction. Attempts are spawned only after their `step.started` is durable.
     pub async fn tick(&mut self) -> anyhow::Result<TickOutcome> {
-        let now = Utc::now();
+        // The store keeps microseconds; deciding with them keeps drafts and stored states equal.
+        let now = Utc::now().trunc_subsecs(6);
         let mut outcome = TickOutcome::default();
         while let Some(done) = self.in_flight.try_join_next() {
             match done {
@@ -85,39 +162,47 @@ impl Engine {
         }
         self.fold_logs(now, &mut drafts);
         outcome.finished = self.fold_finished(now, &mut drafts);
+        self.load_whole_outputs().await?;
         self.schedule(now, &mut drafts);
 
-        let changes: Vec<(Change, Vec<String>)> = drafts
+        let changes: Vec<(Change, Draft)> = drafts
             .into_iter()
             .filter(|(_, d)| !d.events.is_empty())
             .filter_map(|(id, d)| {
                 let fence = self.owned.get(&id)?.fence.clone();
+                let mut d = d;
                 Some((
                     Change {
                         workflow_id: id,
                         fence: Some(fence),
-                        events: d.events,
+                        events: std::mem::take(&mut d.events),
                         idempotency: None,
-                        base: Some(Box::new(d.base)),
+                        base: Some(Box::new(d.base.clone())),
                     },
-                    d.launches,
+                    d,
                 ))
             })
             .collect();
         if changes.is_empty() {
             return Ok(outcome);
         }
-        let (changes, launches): (Vec<_>, Vec<_>) = changes.into_iter().unzip();
+        let (changes, drafts): (Vec<_>, Vec<_>) = changes.into_iter().unzip();
         let ids: Vec<String> = changes.iter().map(|c| c.workflow_id.clone()).collect();
         let results = self.store.commit(changes).await?;
-        for ((id, launch), result) in ids.into_iter().zip(launches).zip(results) {
+        for ((id, draft), result) in ids.into_iter().zip(drafts).zip(results) {
             match result {
                 Outcome::Committed { records, state } => {
                     outcome.events += records.len();
-                    outcome.started += launch.len();
-                    if self.after_commit(&id, *state, launch) {
+                    outcome.started += draft.launches.len();
+                    if let Some(o) = self.owned.get_mut(&id) {
+                        o.unstorable = 0;
+                    }
+                    if self.after_commit(&id, *state, draft.launches) {
                         self.store.release(&self.instance, &id).await?;
                     }
+                }
+                Outcome::Rejected(Rejection::Unstorable(reason)) => {
+                    self.unstorable(&id, &reason, draft.results);
                 }
                 Outcome::Rejected(Rejection::LeaseLost) => {
                     tracing::warn!(workflow = %id, "lease lost: another engine took the workflow over");
@@ -207,6 +292,9 @@ impl Engine {
                     fence: c.fence,
                     attempts: HashMap::new(),
                     log_counts: HashMap::new(),
+                    whole_outputs: HashMap::new(),
+                    unstorable: 0,
+                    fail_next: None,
                 },
             );
             drafts.insert(id, draft);
@@ -270,6 +358,7 @@ impl Engine {
 
     fn fold_finished(&mut self, now: DateTime<Utc>, drafts: &mut HashMap<String, Draft>) -> usize {
         let mut n = 0;
+        let mut whole = Vec::new();
         for f in std::mem::take(&mut self.finished) {
             let Some(owned) = self.owned.get_mut(&f.workflow_id) else {
                 continue;
@@ -291,18 +380,31 @@ impl Engine {
                 continue;
             }
             n += 1;
+            d.results.push(Settled {
+                step_id: f.step_id.clone(),
+                attempt: f.attempt,
+                epoch: f.epoch,
+                duration_ms: f.duration_ms,
+            });
             match f.result {
                 Ok(out) => {
-                    d.push(
+                    let output: Arc<str> = out.output.into();
+                    let cut = output.len() > cairn::OUTPUT_PREVIEW_BYTES;
+                    if d.push(
                         now,
                         Event::StepCompleted {
-                            step_id: f.step_id,
+                            step_id: f.step_id.clone(),
                             attempt: f.attempt,
-                            output: out.output,
+                            output: output.to_string(),
+                            output_bytes: None,
                             session_id: out.session_id,
                             duration_ms: f.duration_ms,
                         },
-                    );
+                    ) && cut
+                    {
+                        // Its dependents may start in this very tick: they render from it.
+                        whole.push((f.workflow_id.clone(), f.step_id, output));
+                    }
                 }
                 Err(RunError { message, is_final }) => {
                     let Some(def) = d.state.spec.as_ref().and_then(|s| s.step(&f.step_id)) else {
@@ -348,7 +450,75 @@ impl Engine {
                 }
             }
         }
+        for (workflow_id, step_id, output) in whole {
+            if let Some(o) = self.owned.get_mut(&workflow_id) {
+                o.whole_outputs.insert(step_id, output);
+            }
+        }
         n
+    }
+
+    /// Loads the whole outputs that running workflows' templates may read and that the
+    /// engine does not hold yet (a workflow just taken over, a step skipped with a long
+    /// output): the states carry only previews.
+    async fn load_whole_outputs(&mut self) -> anyhow::Result<()> {
+        let missing: Vec<(String, String)> = self
+            .owned
+            .iter()
+            .filter(|(_, o)| o.state.status == WorkflowStatus::Running)
+            .flat_map(|(id, o)| {
+                o.state
+                    .steps
+                    .iter()
+                    .filter(|s| s.status.is_done() && s.output_is_cut())
+                    .filter(|s| !o.whole_outputs.contains_key(&s.id))
+                    .map(|s| (id.clone(), s.id.clone()))
+            })
+            .collect();
+        for (workflow_id, step_id) in missing {
+            let output = self.store.output(&workflow_id, &step_id).await?;
+            if let (Some(o), Some(output)) = (self.owned.get_mut(&workflow_id), output) {
+                o.whole_outputs.insert(step_id, output.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// A change the store cannot hold: its attempt results come back as failed attempts
+    /// with the reason (final: the same result would be refused again), and a workflow
+    /// whose checkpoints keep being refused fails with the reason.
+    fn unstorable(&mut self, id: &str, reason: &str, results: Vec<Settled>) {
+        let Some(owned) = self.owned.get_mut(id) else {
+            return;
+        };
+        owned.unstorable += 1;
+        tracing::error!(workflow = %id, %reason, refused = owned.unstorable, "a checkpoint was refused by the store");
+        if owned.unstorable > MAX_UNSTORABLE + 1 {
+            tracing::error!(workflow = %id, "giving the workflow up: even its failure cannot be stored");
+            self.drop_owned(id);
+            return;
+        }
+        if results.is_empty() && owned.unstorable >= MAX_UNSTORABLE {
+            // The next tick fails the workflow with the reason.
+            owned.fail_next = Some(format!(
+                "its checkpoint was refused {} times: {reason}",
+                owned.unstorable
+            ));
+            return;
+        }
+        for r in results {
+            self.finished.push(Finished {
+                workflow_id: id.to_string(),
+                step_id: r.step_id,
+                attempt: r.attempt,
+                epoch: r.epoch,
+                duration_ms: r.duration_ms,
+                result: Err(RunError {
+                    message: format!("the attempt's result could not be saved: {reason}"),
+                    is_final: true,
+                }),
+            });
+        }
     }
 
     /// Starts ready steps within the concurrency limit and completes finished workflows.
@@ -361,10 +531,26 @@ impl Engine {
         // Oldest first, so a flood of new workflows cannot starve the ones already running.
         ids.sort_by_key(|id| self.owned[id].state.created_at);
         for id in ids {
+            let fail_next = self.owned.get_mut(&id).and_then(|o| o.fail_next.take());
+            let whole = self
+                .owned
+                .get(&id)
+                .map(|o| o.whole_outputs.clone())
+                .unwrap_or_default();
             let Some(d) = self.draft(drafts, &id) else {
                 continue;
             };
             if d.state.status != WorkflowStatus::Running {
+                continue;
+            }
+            if let Some(error) = fail_next {
+                d.push(
+                    now,
+                    Event::WorkflowFailed {
+                        step_id: None,
+                        error,
+                    },
+                );
                 continue;
             }
             if d.state.is_finished() {
@@ -409,31 +595,33 @@ impl Engine {
                     Some(s) => (s.attempt + 1, s.session_id.clone()),
                     None => continue,
                 };
-                match d.state.render_task(&step_id) {
+                match render_whole(&d.state, &whole, &step_id) {
                     Ok(task) => {
                         if d.push(
                             now,
                             Event::StepStarted {
                                 step_id: step_id.clone(),
                                 attempt,
-                                task,
+                                task: cairn::preview(&task).to_string(),
+                                task_bytes: Some(task.len() as u64),
                                 session_id,
                             },
                         ) {
-                            d.launches.push(step_id);
+                            d.launches.push((step_id, task));
                             free -= 1;
                         }
                     }
-                    Err(e) => {
-                        // Validation makes this unreachable for specs it accepted; fail loudly
-                        // rather than run a step with a half-rendered task.
-                        let error = format!("cannot render the task: {e}");
+                    Err(error) => {
+                        // A task that cannot be rendered (validation makes that unreachable for
+                        // accepted specs) or is too large fails the step loudly rather than
+                        // running it with a half-rendered or unbounded task.
                         d.push(
                             now,
                             Event::StepStarted {
                                 step_id: step_id.clone(),
                                 attempt,
                                 task: String::new(),
+                                task_bytes: None,
                                 session_id: None,
                             },
                         );
@@ -462,15 +650,20 @@ impl Engine {
     /// Takes in a committed state and launches its attempts; `true` when the workflow should
     /// be released (paused: nothing runs until a person decides, and then any instance may
     /// pick it up).
-    fn after_commit(&mut self, id: &str, state: WorkflowState, launches: Vec<String>) -> bool {
+    fn after_commit(
+        &mut self,
+        id: &str,
+        state: WorkflowState,
+        launches: Vec<(String, String)>,
+    ) -> bool {
         let status = state.status;
         let Some(owned) = self.owned.get_mut(id) else {
             return false;
         };
         owned.state = state;
         let epoch = owned.fence.epoch;
-        for step_id in launches {
-            self.launch(id, &step_id, epoch);
+        for (step_id, task) in launches {
+            self.launch(id, &step_id, task, epoch);
         }
         if status.is_terminal() || status == WorkflowStatus::Paused {
             self.drop_owned(id);
@@ -478,7 +671,7 @@ impl Engine {
         status == WorkflowStatus::Paused
     }
 
-    fn launch(&mut self, workflow_id: &str, step_id: &str, epoch: i64) {
+    fn launch(&mut self, workflow_id: &str, step_id: &str, task: String, epoch: i64) {
         let Some(owned) = self.owned.get_mut(workflow_id) else {
             return;
         };
@@ -494,7 +687,7 @@ impl Engine {
             attempt: step.attempt,
             lifetime_attempt: step.attempts.len() as u32,
             role: def.role.clone(),
-            task: step.task.clone().unwrap_or_default(),
+            task,
             inputs: owned.state.inputs.clone(),
             session_id: step.session_id.clone(),
             params: def.params.clone(),

@@ -119,11 +119,35 @@ fn session_ids(wf: &WorkflowState) -> Map<String, Value> {
         .collect()
 }
 
+/// Every step's output as the state carries it (the first
+/// [`cairn::OUTPUT_PREVIEW_BYTES`] of a long one): what the live streams send.
 fn results(wf: &WorkflowState) -> Map<String, Value> {
     wf.steps
         .iter()
         .filter_map(|s| Some((s.id.clone(), Value::String(s.output.clone()?))))
         .collect()
+}
+
+/// Every step's output, whole (the state carries previews of long ones).
+async fn whole_results(
+    state: &AppState,
+    wf: &WorkflowState,
+) -> Result<Map<String, Value>, ApiError> {
+    let mut out = Map::new();
+    for s in &wf.steps {
+        let Some(preview) = &s.output else { continue };
+        let whole = if s.output_is_cut() {
+            state
+                .store
+                .output(&wf.id, &s.id)
+                .await?
+                .unwrap_or_else(|| preview.clone())
+        } else {
+            preview.clone()
+        };
+        out.insert(s.id.clone(), Value::String(whole));
+    }
+    Ok(out)
 }
 
 async fn invoke_status(
@@ -160,7 +184,7 @@ async fn invoke_status(
         "currentStep": current,
         "lastUpdate": wf.updated_at,
         "completedSteps": completed,
-        "results": results(&wf),
+        "results": whole_results(&state, &wf).await?,
         "steps": steps,
         "error": wf.error,
     })))
@@ -212,6 +236,7 @@ fn invoke_frames(t: &mut Translator, rec: &EventRecord) -> Vec<Frame> {
             attempt,
             task,
             session_id,
+            ..
         } => one(
             "step_start",
             json!({ "threadId": thread, "stepId": step_id, "attempt": attempt, "task": task,

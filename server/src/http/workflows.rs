@@ -40,6 +40,7 @@ pub fn router() -> Router<AppState> {
             post(retry_now),
         )
         .route("/api/workflows/{id}/steps/{step}/skip", post(skip))
+        .route("/api/workflows/{id}/steps/{step}/output", get(output))
 }
 
 /// The answer to a start.
@@ -311,6 +312,36 @@ async fn snapshot(
 ) -> Result<Json<Value>, ApiError> {
     let wf = load(&state, &id).await?;
     Ok(Json(snapshot_json(&wf)))
+}
+
+/// A step's whole output as plain text (snapshots, events and the page carry its first
+/// [`cairn::OUTPUT_PREVIEW_BYTES`] and its size, `output_bytes`).
+async fn output(
+    State(state): State<AppState>,
+    Path((id, step)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let wf = load(&state, &id).await?;
+    let status = wf
+        .step(&step)
+        .ok_or_else(|| ApiError::NotFound(format!("workflow {id:?} has no step {step:?}")))?
+        .status;
+    let text = state.store.output(&id, &step).await?.ok_or_else(|| {
+        ApiError::NotFound(format!("step '{step}' has no output: it is {status}"))
+    })?;
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8".to_string(),
+            ),
+            (
+                axum::http::HeaderName::from_static("x-cairn-output-bytes"),
+                text.len().to_string(),
+            ),
+        ],
+        text,
+    )
+        .into_response())
 }
 
 async fn history(

@@ -27,6 +27,56 @@ pub use types::{
     Change, Claimed, Fence, ListQuery, LiveEvent, Outcome, Rejection, Stamped, WorkflowSummary,
 };
 
+/// The largest event the store writes, as JSON. Events carry previews of outputs and tasks,
+/// so only something pathological gets near it (an agent reporting a megabyte session id);
+/// such a change is refused ([`Rejection::Unstorable`]) and the engine records the attempt
+/// as failed with the reason, instead of retrying a checkpoint that can never succeed.
+pub const MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
+
+/// The largest output the store keeps (the largest `max_output_bytes` a role may set).
+pub const MAX_STORED_OUTPUT_BYTES: usize = 256 * 1024 * 1024;
+
+/// Cuts every event's output and task to its preview ([`cairn::Event::cut_to_preview`]) and
+/// returns the whole outputs with the index of the event they belong to, or why the change
+/// cannot be stored.
+fn split_outputs(events: &mut [Stamped]) -> Result<Vec<(usize, String)>, String> {
+    let mut outputs = Vec::new();
+    for (i, s) in events.iter_mut().enumerate() {
+        if let Some(output) = s.event.cut_to_preview() {
+            if output.len() > MAX_STORED_OUTPUT_BYTES {
+                return Err(format!(
+                    "the output of step '{}' is {} bytes, over the store's limit of {} bytes",
+                    s.event.step_id().unwrap_or_default(),
+                    output.len(),
+                    MAX_STORED_OUTPUT_BYTES
+                ));
+            }
+            outputs.push((i, output));
+        }
+    }
+    Ok(outputs)
+}
+
+/// Each event as the JSON the log stores, or why one cannot be stored.
+fn encode_events(events: &[Stamped]) -> Result<Vec<String>, String> {
+    events
+        .iter()
+        .map(|s| {
+            let data = serde_json::to_string(&s.event)
+                .map_err(|e| format!("a {} event cannot be encoded: {e}", s.event.type_name()))?;
+            if data.len() > MAX_EVENT_BYTES {
+                return Err(format!(
+                    "a {} event is {} bytes, over the store's limit of {} bytes",
+                    s.event.type_name(),
+                    data.len(),
+                    MAX_EVENT_BYTES
+                ));
+            }
+            Ok(data)
+        })
+        .collect()
+}
+
 /// How many committed events a live subscriber may lag behind before it must catch up from
 /// the database.
 const BROADCAST_CAPACITY: usize = 4096;
@@ -119,6 +169,29 @@ impl Store {
     pub async fn load(&self, id: &str) -> anyhow::Result<Option<WorkflowState>> {
         let mut conn = self.reader().await?;
         sqlite_ops::load_state(&mut conn, id).await
+    }
+
+    /// The whole output of a step that has one (completed or skipped), `None` when the
+    /// workflow or the step is unknown or the step has no output now.
+    pub async fn output(&self, workflow_id: &str, step_id: &str) -> anyhow::Result<Option<String>> {
+        let Some(state) = self.load(workflow_id).await? else {
+            return Ok(None);
+        };
+        let Some(step) = state.step(step_id) else {
+            return Ok(None);
+        };
+        if !step.status.is_done() {
+            return Ok(None);
+        }
+        if !step.output_is_cut() {
+            return Ok(step.output.clone());
+        }
+        let mut conn = self.reader().await?;
+        let whole = sqlite_ops::output(&mut conn, workflow_id, step_id).await?;
+        match whole {
+            Some(w) if Some(w.len() as u64) == step.output_bytes => Ok(Some(w)),
+            _ => anyhow::bail!("the stored output of {workflow_id}/{step_id} is missing"),
+        }
     }
 
     /// Workflow summaries, newest first.

@@ -41,6 +41,11 @@ pub(super) async fn apply_change(
     for s in &mut events {
         s.at = s.at.trunc_subsecs(6);
     }
+    // Whole outputs are stored once, beside the log; events carry previews.
+    let outputs = match super::split_outputs(&mut events) {
+        Ok(outputs) => outputs,
+        Err(reason) => return Ok(Outcome::Rejected(Rejection::Unstorable(reason))),
+    };
 
     if let Some((key, hash)) = &idempotency {
         let seen: Option<(String, String)> =
@@ -90,6 +95,11 @@ pub(super) async fn apply_change(
         (false, None) => return Ok(Outcome::Rejected(Rejection::UnknownWorkflow)),
     };
 
+    let encoded = match super::encode_events(&events) {
+        Ok(encoded) => encoded,
+        Err(reason) => return Ok(Outcome::Rejected(Rejection::Unstorable(reason))),
+    };
+
     // Dry run on a copy: the fold is the judge of whether these events fit.
     let mut probe = state.clone();
     for (i, s) in events.iter().enumerate() {
@@ -106,11 +116,11 @@ pub(super) async fn apply_change(
 
     let mut records = Vec::with_capacity(events.len());
     let mut touched = BTreeSet::new();
-    for s in events {
+    let mut outputs = outputs.into_iter().peekable();
+    for (i, (s, data)) in events.into_iter().zip(encoded).enumerate() {
         if let Some(step) = s.event.step_id() {
             touched.insert(step.to_string());
         }
-        let data = serde_json::to_string(&s.event).context("encoding an event")?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO events (workflow_id, type, at, data) VALUES (?, ?, ?, ?) RETURNING id",
         )
@@ -121,6 +131,21 @@ pub(super) async fn apply_change(
         .fetch_one(&mut *conn)
         .await
         .context("appending an event")?;
+        if let Some((_, output)) = outputs.next_if(|(k, _)| *k == i) {
+            let step = s.event.step_id().unwrap_or_default();
+            sqlx::query(
+                "INSERT INTO outputs (event_id, workflow_id, step_id, bytes, output) \
+                 VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(id)
+            .bind(&workflow_id)
+            .bind(step)
+            .bind(output.len() as i64)
+            .bind(output)
+            .execute(&mut *conn)
+            .await
+            .context("storing a step's output")?;
+        }
         let rec = EventRecord {
             id,
             workflow_id: workflow_id.clone(),
@@ -244,6 +269,23 @@ pub(super) async fn load_state(
         .context("loading a workflow")?;
     json.map(|j| serde_json::from_str(&j).context("decoding a stored workflow state"))
         .transpose()
+}
+
+/// The whole output behind a step's preview: the newest stored for the step.
+pub(super) async fn output(
+    conn: &mut SqliteConnection,
+    workflow_id: &str,
+    step_id: &str,
+) -> anyhow::Result<Option<String>> {
+    sqlx::query_scalar(
+        "SELECT output FROM outputs WHERE workflow_id = ? AND step_id = ? \
+         ORDER BY event_id DESC LIMIT 1",
+    )
+    .bind(workflow_id)
+    .bind(step_id)
+    .fetch_optional(&mut *conn)
+    .await
+    .context("reading a step's output")
 }
 
 /// Workflows, newest first.

@@ -96,6 +96,10 @@ pub enum Rejection {
     /// An event does not fit the workflow's current state.
     #[error(transparent)]
     DoesNotApply(#[from] ApplyError),
+    /// The store cannot hold this change (an event or an output over its size limits, a
+    /// value the database refuses). Nothing of it was written; the reason says what.
+    #[error("the change cannot be stored: {0}")]
+    Unstorable(String),
 }
 
 /// Filters of the workflow list.

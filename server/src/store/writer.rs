@@ -14,12 +14,13 @@ use std::{
 };
 
 use anyhow::Context;
+use sqlx::Acquire;
 use sqlx::SqlitePool;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
     sqlite_ops,
-    types::{Change, LiveEvent, Outcome},
+    types::{Change, LiveEvent, Outcome, Rejection},
 };
 
 /// Requests merged into one transaction at most.
@@ -121,10 +122,37 @@ async fn commit_group(pool: &SqlitePool, group: &mut [Batch]) -> anyhow::Result<
     for batch in group.iter_mut() {
         let mut outcomes = Vec::with_capacity(batch.changes.len());
         for change in std::mem::take(&mut batch.changes) {
-            outcomes.push(sqlite_ops::apply_change(&mut tx, change).await?);
+            // Each change in a savepoint of its own: one the database refuses is undone alone
+            // and reported, and the rest of the group commits.
+            let mut one = tx.begin().await.context("opening a savepoint")?;
+            let workflow_id = change.workflow_id.clone();
+            match sqlite_ops::apply_change(&mut one, change).await {
+                Ok(outcome) => {
+                    one.commit().await.context("releasing a savepoint")?;
+                    outcomes.push(outcome);
+                }
+                Err(e) if refused_value(&e) => {
+                    one.rollback().await.context("rolling back a savepoint")?;
+                    tracing::error!(workflow = %workflow_id, error = format!("{e:#}"), "the database refused a change");
+                    outcomes.push(Outcome::Rejected(Rejection::Unstorable(format!("{e:#}"))));
+                }
+                Err(e) => return Err(e),
+            }
         }
         all.push(outcomes);
     }
     tx.commit().await.context("committing a checkpoint")?;
     Ok(all)
+}
+
+/// Whether the database refused a value rather than failed: too big (`SQLITE_TOOBIG`) or a
+/// constraint (`SQLITE_CONSTRAINT` and its extended codes). Retrying such a change can never
+/// succeed; anything else (I/O, a full disk, a lost connection) fails the whole group, which
+/// is then retried.
+fn refused_value(e: &anyhow::Error) -> bool {
+    let Some(sqlx::Error::Database(db)) = e.downcast_ref::<sqlx::Error>() else {
+        return false;
+    };
+    let code = db.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or(0);
+    matches!(code & 0xff, 18 | 19)
 }

@@ -63,6 +63,7 @@ fn a_stall_and_resume_keep_completed_steps_and_rerun_the_interrupted_attempt() {
         attempt: 1,
         task: "x".into(),
         session_id: Some("s-impl".into()),
+        task_bytes: None,
     });
     h.fail_attempt("implement", 1).start("implement");
     assert_eq!(
@@ -179,6 +180,7 @@ fn retrying_a_step_supersedes_a_running_descendant() {
         output: "late".into(),
         session_id: None,
         duration_ms: 1,
+        output_bytes: None,
     });
 }
 
@@ -257,6 +259,7 @@ fn skipping_a_step_does_not_let_its_dependents_overtake_its_deps() {
         attempt: 1,
         task: "t".into(),
         session_id: None,
+        task_bytes: None,
     });
     assert!(
         err.reason.contains("waits for 'implement' (skipped"),

@@ -12,6 +12,7 @@ fn events_that_do_not_fit_are_refused_and_change_nothing() {
         attempt,
         task: "t".into(),
         session_id: None,
+        task_bytes: None,
     };
     let done = |id: &str, attempt| Event::StepCompleted {
         step_id: id.into(),
@@ -19,6 +20,7 @@ fn events_that_do_not_fit_are_refused_and_change_nothing() {
         output: "o".into(),
         session_id: None,
         duration_ms: 1,
+        output_bytes: None,
     };
     h.refused(start("design", 1));
     h.refused(Event::WorkflowCompleted {});
@@ -83,7 +85,7 @@ fn events_that_do_not_fit_are_refused_and_change_nothing() {
 }
 
 #[test]
-fn retry_now_is_refused_once_the_workflow_has_failed() {
+fn a_failure_cancels_the_steps_in_flight_in_other_branches() {
     let spec = json!({"steps": [{"id": "a", "role": "r", "task": "t"}, {"id": "b", "role": "r", "task": "t"}]});
     let mut h = Harness::new(spec);
     h.ok(Event::WorkflowStarted {})
@@ -95,8 +97,44 @@ fn retry_now_is_refused_once_the_workflow_has_failed() {
         step_id: Some("a".into()),
         error: "e".into(),
     });
-    let err = h.refused(retrying("b", 1, t0(), Some("ann")));
-    assert!(err.reason.contains("resume it instead"), "{err}");
+    // Fail-fast: the sibling waiting out its backoff is cancelled, with the reason.
+    let b = h.state.step("b").unwrap();
+    assert_eq!(b.status, StepStatus::Cancelled);
+    assert_eq!(b.error.as_deref(), Some("cancelled: step 'a' failed"));
+    assert_eq!(b.next_attempt_at, None);
+    // Retrying it is "retry step" now: the workflow runs again, the failed step stays failed.
+    h.ok(retrying("b", 0, t0(), Some("ann")));
+    assert_eq!(h.state.status, WorkflowStatus::Running);
+    assert_eq!(h.state.step("b").unwrap().status, StepStatus::Retrying);
+}
+
+#[test]
+fn a_failure_cancels_a_running_sibling_and_closes_its_attempt() {
+    let spec = json!({"steps": [{"id": "a", "role": "r", "task": "t"}, {"id": "b", "role": "r", "task": "t"}]});
+    let mut h = Harness::new(spec);
+    h.ok(Event::WorkflowStarted {})
+        .start("a")
+        .start("b")
+        .ok(failed("a", 1));
+    assert_eq!(h.state.step("b").unwrap().status, StepStatus::Running);
+    h.ok(Event::WorkflowFailed {
+        step_id: Some("a".into()),
+        error: "e".into(),
+    });
+    let b = h.state.step("b").unwrap();
+    assert_eq!(b.status, StepStatus::Cancelled);
+    let last = b.attempts.last().unwrap();
+    assert_eq!(last.error.as_deref(), Some("cancelled: step 'a' failed"));
+    assert!(last.finished_at.is_some());
+    assert_eq!(h.state.progress().running, 0);
+    // Resume runs both again with a fresh budget.
+    h.ok(Event::WorkflowResumed { by: None });
+    assert!(
+        h.state
+            .steps
+            .iter()
+            .all(|s| s.status == StepStatus::Pending)
+    );
 }
 
 #[test]
@@ -113,6 +151,7 @@ fn the_log_guards_against_foreign_and_replayed_events() {
             step_id: "design".into(),
             output: None,
             by: None,
+            output_bytes: None,
         },
     );
     assert!(
@@ -152,6 +191,7 @@ fn apply_errors_read_well() {
         output: String::new(),
         session_id: None,
         duration_ms: 0,
+        output_bytes: None,
     });
     assert_eq!(err.event_type, "step.completed");
     assert_eq!(
@@ -167,6 +207,7 @@ fn apply_errors_read_well() {
         output: String::new(),
         session_id: None,
         duration_ms: 0,
+        output_bytes: None,
     });
     assert!(
         err.to_string()

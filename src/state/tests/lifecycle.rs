@@ -202,6 +202,7 @@ fn session_ids_are_kept_unless_an_event_brings_a_new_one() {
         attempt: 1,
         task: "x".into(),
         session_id: Some("s1".into()),
+        task_bytes: None,
     });
     h.ok(Event::StepCompleted {
         step_id: "design".into(),
@@ -209,6 +210,7 @@ fn session_ids_are_kept_unless_an_event_brings_a_new_one() {
         output: "o".into(),
         session_id: None,
         duration_ms: 1,
+        output_bytes: None,
     });
     assert_eq!(h.step("design").session_id.as_deref(), Some("s1"));
     h.start("implement");
@@ -218,6 +220,7 @@ fn session_ids_are_kept_unless_an_event_brings_a_new_one() {
         output: "o".into(),
         session_id: Some("s2".into()),
         duration_ms: 1,
+        output_bytes: None,
     });
     assert_eq!(h.step("implement").session_id.as_deref(), Some("s2"));
 }

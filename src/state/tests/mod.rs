@@ -89,6 +89,7 @@ impl Harness {
             attempt,
             task,
             session_id: None,
+            task_bytes: None,
         })
     }
 
@@ -101,6 +102,7 @@ impl Harness {
             output: output.into(),
             session_id: Some(format!("sess-{id}")),
             duration_ms: 250,
+            output_bytes: None,
         })
     }
 
@@ -147,6 +149,7 @@ fn skipped(id: &str, output: Option<&str>) -> Event {
         step_id: id.into(),
         output: output.map(String::from),
         by: Some("bob".into()),
+        output_bytes: None,
     }
 }
 
