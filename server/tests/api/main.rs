@@ -6,6 +6,7 @@ mod crash;
 mod engine;
 mod health;
 mod helpers;
+mod limits;
 mod pages;
 mod sse;
 mod workflows;

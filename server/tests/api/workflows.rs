@@ -8,7 +8,12 @@ use serde_json::{Value, json};
 use crate::helpers::{TestApp, spawn_app};
 
 /// Polls the snapshot until `done` says so, with a deadline instead of a sleep.
-async fn wait_for(app: &TestApp, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn wait_for(
+    app: &TestApp,
+    id: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let snap: Value = app
@@ -28,11 +33,11 @@ async fn wait_for(app: &TestApp, id: &str, what: &str, done: impl Fn(&Value) -> 
     }
 }
 
-async fn wait_status(app: &TestApp, id: &str, status: &str) -> Value {
+pub(crate) async fn wait_status(app: &TestApp, id: &str, status: &str) -> Value {
     wait_for(app, id, status, |s| s["status"] == status).await
 }
 
-fn step<'a>(snap: &'a Value, id: &str) -> &'a Value {
+pub(crate) fn step<'a>(snap: &'a Value, id: &str) -> &'a Value {
     snap["steps"]
         .as_array()
         .unwrap()
