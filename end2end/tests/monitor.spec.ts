@@ -299,3 +299,48 @@ test("restart: the page says reconnecting, then catches up without showing an ev
     rmSync(path.dirname(server.dbPath), { recursive: true, force: true });
   }
 });
+
+test("a 5 MB output: the page stays small and the whole output opens on demand", async ({ page, request, context }) => {
+  const id = await startVia(request, {
+    name: "big-output",
+    steps: [
+      { id: "design", role: "architect", task: "Design", params: { duration_ms: 1, output_bytes: 5_000_000 } },
+      { id: "review", role: "reviewer", task: "Review {design.output}", deps: ["design"], params: { duration_ms: 1, output_bytes: 32 } },
+    ],
+  });
+  const snap = await (async () => {
+    for (let i = 0; i < 200; i++) {
+      const s = await (await request.get(`/api/workflows/${id}`)).json();
+      if (s.status === "completed") return s;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    throw new Error("the workflow did not complete");
+  })();
+  // The first paint and the first JSON carry a preview, not the 5 MB.
+  const html = await (await request.get(`/workflows/${id}`)).text();
+  expect(html.length).toBeLessThan(200_000);
+  expect(JSON.stringify(snap).length).toBeLessThan(200_000);
+
+  let outputRequests = 0;
+  page.on("request", (r) => {
+    if (r.url().includes("/steps/design/output")) outputRequests++;
+  });
+  await page.goto(`/workflows/${id}`);
+  await hydrated(page);
+  const out = step(page, "design").locator("details.output");
+  await expect(out.locator("summary")).toContainText("Output (5.0 MB)");
+  await out.locator("summary").click();
+  await expect(out.getByTestId("output")).toBeVisible();
+  expect((await out.getByTestId("output").textContent())!.length).toBe(4096);
+  await expect(out).toContainText("The first 4.1 KB of 5.0 MB.");
+  await page.setViewportSize({ width: 1280, height: 900 });
+  await step(page, "design").screenshot({ path: path.join(shots, "big-output-card.png") });
+  expect(outputRequests).toBe(0);
+
+  // Following the link loads the whole output, in a tab of its own.
+  const [tab] = await Promise.all([context.waitForEvent("page"), out.getByTestId("output-link").click()]);
+  const res = await tab.waitForResponse((r) => r.url().includes("/steps/design/output"));
+  expect(res.status()).toBe(200);
+  expect((await res.body()).length).toBe(5_000_000);
+  expect(outputRequests).toBe(1);
+});

@@ -19,8 +19,8 @@ use crate::{
 /// How many lines of a running step's log the card shows (a finished step shows all kept).
 const LIVE_LOG_LINES: usize = 12;
 
-/// Appends the card of step `s` to `m`.
-pub(super) fn card(m: &mut Markup, s: &StepState, v: &Shown) {
+/// Appends the card of step `s` of workflow `workflow_id` to `m`.
+pub(super) fn card(m: &mut Markup, workflow_id: &str, s: &StepState, v: &Shown) {
     let id = escape(&s.id);
     push_fmt(
         m.text(),
@@ -40,7 +40,7 @@ pub(super) fn card(m: &mut Markup, s: &StepState, v: &Shown) {
     // Each section: key prefix, class, (summary, body), and whether it is open until someone
     // opens or closes it. An empty body hides the section.
     let sections = [
-        ("out", "output", output_html(s), false),
+        ("out", "output", output_html(workflow_id, s), false),
         (
             "att",
             "attempts",
@@ -138,20 +138,40 @@ fn buttons_html(s: &StepState, v: &Shown) -> String {
     out
 }
 
-/// The output's summary and text; nothing without an output.
-fn output_html(s: &StepState) -> (String, String) {
+/// The output's summary and text; nothing without an output. A long output is shown by its
+/// first KB (what the state carries) with a link that loads the whole only when followed.
+fn output_html(workflow_id: &str, s: &StepState) -> (String, String) {
     let Some(output) = &s.output else {
         return Default::default();
     };
-    let mut body = String::with_capacity(output.len() + 48);
+    let bytes = s.output_bytes.unwrap_or(output.len() as u64);
+    let mut body = String::with_capacity(output.len() + 256);
     body.push_str(r#"<pre class="mono" data-testid="output">"#);
     push_escaped(&mut body, output);
     body.push_str("</pre>");
-    let summary = format!(
-        r#"Output <span class="muted">({} chars)</span>"#,
-        output.chars().count()
-    );
+    if s.output_is_cut() {
+        push_fmt(
+            &mut body,
+            format_args!(
+                r#"<p class="muted output-more">The first {} of {}. <a href="/api/workflows/{}/steps/{}/output" target="_blank" rel="noopener" data-testid="output-link">Open the whole output</a></p>"#,
+                size(output.len() as u64),
+                size(bytes),
+                escape(workflow_id),
+                escape(&s.id)
+            ),
+        );
+    }
+    let summary = format!(r#"Output <span class="muted">({})</span>"#, size(bytes));
     (summary, body)
+}
+
+/// A size for people: bytes, KB or MB (decimal).
+fn size(bytes: u64) -> String {
+    match bytes {
+        0..1_000 => format!("{bytes} bytes"),
+        1_000..1_000_000 => format!("{:.1} KB", bytes as f64 / 1e3),
+        _ => format!("{:.1} MB", bytes as f64 / 1e6),
+    }
 }
 
 /// The log's summary and its tail; nothing without log lines.
@@ -316,8 +336,31 @@ mod tests {
 
     fn card_html(s: &StepState, v: &Shown) -> Markup {
         let mut m = Markup::new();
-        card(&mut m, s, v);
+        card(&mut m, "wf_1", s, v);
         m
+    }
+
+    #[test]
+    fn a_long_output_shows_its_preview_its_size_and_a_link_to_the_whole() {
+        let mut s = step();
+        s.id = "design".into();
+        s.status = StepStatus::Completed;
+        s.output = Some("x".repeat(4096));
+        s.output_bytes = Some(5_000_000);
+        let html = card_html(&s, &Shown::live_at(at("2026-01-01T12:00:18Z"))).html();
+        assert!(
+            html.contains("Output <span class=\"muted\">(5.0 MB)</span>"),
+            "{html}"
+        );
+        assert!(html.contains("The first 4.1 KB of 5.0 MB."));
+        assert!(
+            html.contains(r#"<a href="/api/workflows/wf_1/steps/design/output" target="_blank""#)
+        );
+        s.output = Some("short".into());
+        s.output_bytes = Some(5);
+        let html = card_html(&s, &Shown::live_at(at("2026-01-01T12:00:18Z"))).html();
+        assert!(html.contains("Output <span class=\"muted\">(5 bytes)</span>"));
+        assert!(!html.contains("output-link"));
     }
 
     /// The open tag of the first element whose markup contains `marker`.

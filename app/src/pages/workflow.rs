@@ -291,7 +291,7 @@ fn page(s: &WorkflowState, v: &Shown) -> Markup {
     m.content(dag::svg(s));
     m.push(r#"</div></section><section class="steps" aria-label="Steps">"#);
     for step in &s.steps {
-        step_card::card(&mut m, step, v);
+        step_card::card(&mut m, &s.id, step, v);
     }
     m.push("</section>");
     m
