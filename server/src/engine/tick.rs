@@ -177,7 +177,10 @@ impl Engine {
                         fence: Some(fence),
                         events: std::mem::take(&mut d.events),
                         idempotency: None,
-                        base: Some(Box::new(d.base.clone())),
+                        base: Some(Box::new(std::mem::replace(
+                            &mut d.base,
+                            WorkflowState::new(""),
+                        ))),
                     },
                     d,
                 ))
