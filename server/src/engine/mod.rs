@@ -79,7 +79,7 @@ struct Owned {
 }
 
 /// An attempt that ended, on its way back to the loop.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Finished {
     workflow_id: String,
     step_id: String,

@@ -160,9 +160,12 @@ impl Engine {
         if self.claim_due {
             outcome.claimed = self.claim(now, &mut drafts).await?;
         }
+        self.load_whole_outputs().await?;
+        // Kept until the commit is durable: if it fails, the results are folded again at the
+        // next tick instead of being lost (which would leave their steps running forever).
+        let results = self.finished.clone();
         self.fold_logs(now, &mut drafts);
         outcome.finished = self.fold_finished(now, &mut drafts);
-        self.load_whole_outputs().await?;
         self.schedule(now, &mut drafts);
 
         let changes: Vec<(Change, Draft)> = drafts
@@ -191,8 +194,14 @@ impl Engine {
         }
         let (changes, drafts): (Vec<_>, Vec<_>) = changes.into_iter().unzip();
         let ids: Vec<String> = changes.iter().map(|c| c.workflow_id.clone()).collect();
-        let results = self.store.commit(changes).await?;
-        for ((id, draft), result) in ids.into_iter().zip(drafts).zip(results) {
+        let outcomes = match self.store.commit(changes).await {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                self.finished.extend(results);
+                return Err(e);
+            }
+        };
+        for ((id, draft), result) in ids.into_iter().zip(drafts).zip(outcomes) {
             match result {
                 Outcome::Committed { records, state } => {
                     outcome.events += records.len();
