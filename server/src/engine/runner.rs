@@ -250,6 +250,11 @@ fn without_partial_char(bytes: &[u8]) -> &[u8] {
     }
 }
 
+/// Decodes what a program printed, lossily, without copying it when it is valid UTF-8.
+fn decode(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 /// Decodes the first bytes of a longer text (lossily, as everything a program prints), at most
 /// `max` bytes of it, ending at a character boundary.
 fn decode_head(bytes: &[u8], max: usize) -> String {
@@ -460,12 +465,17 @@ async fn run_command(
         }));
     }
     if !over {
-        return Ok(parse_output(&String::from_utf8_lossy(&stdout.kept)));
+        return Ok(parse_output(decode(stdout.kept)));
     }
-    let text = decode_head(&stdout.kept, spec.limit.max_bytes);
-    let mut out = parse_output(&text);
+    let mut kept = stdout.kept;
+    let cut = without_partial_char(&kept).len();
+    kept.truncate(cut);
+    let mut text = decode(kept);
+    text.truncate(text.floor_char_boundary(spec.limit.max_bytes));
+    let kept_bytes = text.len();
+    let mut out = parse_output(text);
     out.output
-        .push_str(&truncation_marker(text.len(), stdout.total));
+        .push_str(&truncation_marker(kept_bytes, stdout.total));
     Ok(out)
 }
 
@@ -655,13 +665,17 @@ fn tail(s: &str, max: usize) -> &str {
 
 /// What `claude -p --output-format json` prints: `result` is the answer, `session_id` the
 /// conversation to resume. Anything else on stdout is the output as it is.
-fn parse_output(stdout: &str) -> RunOutput {
+fn parse_output(mut stdout: String) -> RunOutput {
     #[derive(Deserialize)]
     struct AgentJson {
         result: Option<serde_json::Value>,
         session_id: Option<String>,
     }
-    let trimmed = stdout.trim();
+    // Trimmed in place: the output may be megabytes.
+    stdout.truncate(stdout.trim_end().len());
+    let lead = stdout.len() - stdout.trim_start().len();
+    stdout.drain(..lead);
+    let trimmed = stdout.as_str();
     if trimmed.starts_with('{')
         && let Ok(j) = serde_json::from_str::<AgentJson>(trimmed)
         && (j.result.is_some() || j.session_id.is_some())
@@ -677,7 +691,7 @@ fn parse_output(stdout: &str) -> RunOutput {
         };
     }
     RunOutput {
-        output: trimmed.to_string(),
+        output: stdout,
         session_id: None,
     }
 }
@@ -848,10 +862,10 @@ mod tests {
 
     #[test]
     fn agent_json_gives_the_result_and_the_session_id() {
-        let out = parse_output(r#"{"type":"result","result":"done","session_id":"abc"}"#);
+        let out = parse_output(r#"{"type":"result","result":"done","session_id":"abc"}"#.into());
         assert_eq!(out.output, "done");
         assert_eq!(out.session_id.as_deref(), Some("abc"));
-        assert_eq!(parse_output("plain text\n").output, "plain text");
+        assert_eq!(parse_output("plain text\n".into()).output, "plain text");
     }
 
     #[tokio::test]

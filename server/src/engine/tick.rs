@@ -400,21 +400,21 @@ impl Engine {
             });
             match f.result {
                 Ok(out) => {
-                    let output: Arc<str> = out.output.into();
-                    let cut = output.len() > cairn::OUTPUT_PREVIEW_BYTES;
+                    // Its dependents may start in this very tick: they render from it.
+                    let keep = (out.output.len() > cairn::OUTPUT_PREVIEW_BYTES)
+                        .then(|| Arc::<str>::from(out.output.as_str()));
                     if d.push(
                         now,
                         Event::StepCompleted {
                             step_id: f.step_id.clone(),
                             attempt: f.attempt,
-                            output: output.to_string(),
+                            output: out.output,
                             output_bytes: None,
                             session_id: out.session_id,
                             duration_ms: f.duration_ms,
                         },
-                    ) && cut
+                    ) && let Some(output) = keep
                     {
-                        // Its dependents may start in this very tick: they render from it.
                         whole.push((f.workflow_id.clone(), f.step_id, output));
                     }
                 }
