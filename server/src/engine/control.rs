@@ -189,6 +189,7 @@ impl Engine {
             workflow_id: workflow_id.to_string(),
             fence,
             events: vec![Stamped { at: now, event }],
+            outputs: Vec::new(),
             idempotency: None,
             base: Some(Box::new(state.clone())),
         };

@@ -86,7 +86,16 @@ struct Finished {
     attempt: u32,
     epoch: i64,
     duration_ms: u64,
-    result: Result<runner::RunOutput, runner::RunError>,
+    result: Result<Produced, runner::RunError>,
+}
+
+/// What a successful attempt produced, shared rather than copied: the output may be
+/// megabytes, and the engine holds it in a few places until it is stored (the event's preview
+/// is cut from it, templates render from it, and it is kept until its checkpoint is durable).
+#[derive(Debug, Clone)]
+struct Produced {
+    output: Arc<str>,
+    session_id: Option<String>,
 }
 
 /// A request to the loop, with where to send the answer.

@@ -8,7 +8,7 @@ use cairn::{Event, EventRecord, RetryDecision, TemplateContext, WorkflowState, W
 use chrono::{DateTime, SubsecRound, Utc};
 
 use super::{
-    Engine, Finished, Owned, TickOutcome,
+    Engine, Finished, Owned, Produced, TickOutcome,
     runner::{Attempt, RunError},
 };
 use crate::store::{Change, Outcome, Rejection, Stamped};
@@ -38,6 +38,8 @@ struct Draft {
     /// The attempt results folded into `events`: if the store cannot hold the change, each
     /// becomes a failed attempt with the reason.
     results: Vec<Settled>,
+    /// The whole outputs behind the previews of `events`, by event index.
+    outputs: Vec<(usize, Arc<str>)>,
 }
 
 /// An attempt result folded into a draft.
@@ -109,6 +111,7 @@ impl Draft {
             events: Vec::new(),
             launches: Vec::new(),
             results: Vec::new(),
+            outputs: Vec::new(),
         }
     }
 
@@ -179,6 +182,7 @@ impl Engine {
                         workflow_id: id,
                         fence: Some(fence),
                         events: std::mem::take(&mut d.events),
+                        outputs: std::mem::take(&mut d.outputs),
                         idempotency: None,
                         base: Some(Box::new(std::mem::replace(
                             &mut d.base,
@@ -400,22 +404,23 @@ impl Engine {
             });
             match f.result {
                 Ok(out) => {
-                    // Its dependents may start in this very tick: they render from it.
-                    let keep = (out.output.len() > cairn::OUTPUT_PREVIEW_BYTES)
-                        .then(|| Arc::<str>::from(out.output.as_str()));
+                    // The event carries the preview; the whole output goes to the store beside
+                    // it, and its dependents may start in this very tick: they render from it.
+                    let cut = out.output.len() > cairn::OUTPUT_PREVIEW_BYTES;
                     if d.push(
                         now,
                         Event::StepCompleted {
                             step_id: f.step_id.clone(),
                             attempt: f.attempt,
-                            output: out.output,
-                            output_bytes: None,
+                            output: cairn::preview(&out.output).to_string(),
+                            output_bytes: cut.then_some(out.output.len() as u64),
                             session_id: out.session_id,
                             duration_ms: f.duration_ms,
                         },
-                    ) && let Some(output) = keep
+                    ) && cut
                     {
-                        whole.push((f.workflow_id.clone(), f.step_id, output));
+                        d.outputs.push((d.events.len() - 1, out.output.clone()));
+                        whole.push((f.workflow_id.clone(), f.step_id, out.output));
                     }
                 }
                 Err(RunError { message, is_final }) => {
@@ -741,7 +746,10 @@ impl Engine {
                 attempt: attempt.attempt,
                 epoch,
                 duration_ms: started.elapsed().as_millis() as u64,
-                result,
+                result: result.map(|out| Produced {
+                    output: out.output.into(),
+                    session_id: out.session_id,
+                }),
             }
         });
     }

@@ -37,21 +37,30 @@ pub const MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
 pub const MAX_STORED_OUTPUT_BYTES: usize = 256 * 1024 * 1024;
 
 /// Cuts every event's output and task to its preview ([`cairn::Event::cut_to_preview`]) and
-/// returns the whole outputs with the index of the event they belong to, or why the change
-/// cannot be stored.
-fn split_outputs(events: &mut [Stamped]) -> Result<Vec<(usize, String)>, String> {
-    let mut outputs = Vec::new();
+/// returns the whole outputs — those cut here and those `given` beside the events — with the
+/// index of the event they belong to, in event order; or why the change cannot be stored.
+fn split_outputs(
+    events: &mut [Stamped],
+    given: Vec<(usize, Arc<str>)>,
+) -> Result<Vec<(usize, Arc<str>)>, String> {
+    let mut outputs = given;
     for (i, s) in events.iter_mut().enumerate() {
         if let Some(output) = s.event.cut_to_preview() {
-            if output.len() > MAX_STORED_OUTPUT_BYTES {
-                return Err(format!(
-                    "the output of step '{}' is {} bytes, over the store's limit of {} bytes",
-                    s.event.step_id().unwrap_or_default(),
-                    output.len(),
-                    MAX_STORED_OUTPUT_BYTES
-                ));
-            }
-            outputs.push((i, output));
+            outputs.push((i, output.into()));
+        }
+    }
+    outputs.sort_by_key(|(i, _)| *i);
+    for (i, output) in &outputs {
+        let step = events.get(*i).and_then(|s| s.event.step_id());
+        let Some(step) = step else {
+            return Err(format!("an output names event {i}, which is not a step's"));
+        };
+        if output.len() > MAX_STORED_OUTPUT_BYTES {
+            return Err(format!(
+                "the output of step '{step}' is {} bytes, over the store's limit of {} bytes",
+                output.len(),
+                MAX_STORED_OUTPUT_BYTES
+            ));
         }
     }
     Ok(outputs)

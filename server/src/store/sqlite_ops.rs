@@ -33,6 +33,7 @@ pub(super) async fn apply_change(
         workflow_id,
         fence,
         mut events,
+        outputs,
         idempotency,
         base,
     } = change;
@@ -42,7 +43,7 @@ pub(super) async fn apply_change(
         s.at = s.at.trunc_subsecs(6);
     }
     // Whole outputs are stored once, beside the log; events carry previews.
-    let outputs = match super::split_outputs(&mut events) {
+    let outputs = match super::split_outputs(&mut events, outputs) {
         Ok(outputs) => outputs,
         Err(reason) => return Ok(Outcome::Rejected(Rejection::Unstorable(reason))),
     };
@@ -141,7 +142,7 @@ pub(super) async fn apply_change(
             .bind(&workflow_id)
             .bind(step)
             .bind(output.len() as i64)
-            .bind(output)
+            .bind(&*output)
             .execute(&mut *conn)
             .await
             .context("storing a step's output")?;

@@ -35,6 +35,9 @@ pub struct Change {
     pub fence: Option<Fence>,
     /// Events in order.
     pub events: Vec<Stamped>,
+    /// The whole outputs behind the previews some of `events` carry, by event index (an event
+    /// may instead carry its whole output; the store then cuts it itself).
+    pub outputs: Vec<(usize, Arc<str>)>,
     /// For a new workflow: the `Idempotency-Key` and a hash of the request it came with.
     pub idempotency: Option<(String, String)>,
     /// The state the events were decided on, if the caller has it. Used instead of reading
@@ -57,6 +60,7 @@ impl Change {
                 at: chrono::Utc::now(),
                 event: Event::WorkflowCreated { spec, by },
             }],
+            outputs: Vec::new(),
             idempotency,
             base: None,
         }
