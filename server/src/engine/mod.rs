@@ -44,8 +44,9 @@ pub struct EngineSettings {
     pub lease_ttl: Duration,
     /// How often to look for workflows without a live owner when nothing wakes the engine.
     pub poll_interval: Duration,
-    /// Take over leases of other owners at start-up without waiting for them to expire
-    /// (right for SQLite, where this process owns the file and any other owner is dead).
+    /// Take over leases of other owners at start-up without waiting for them to expire.
+    /// Honoured only where the store says it has a single owner ([`Store::single_owner`]:
+    /// SQLite, where this process owns the file and any other owner is dead).
     pub steal_on_start: bool,
 }
 

@@ -9,6 +9,7 @@
 //! the change; concurrent commits share a transaction (group commit). Committed events are
 //! published on [`Store::subscribe`] for live streams.
 
+mod decide;
 mod sqlite;
 mod sqlite_ops;
 mod types;
@@ -16,10 +17,9 @@ mod writer;
 
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use cairn::{EventRecord, WorkflowState};
 use chrono::{DateTime, Utc};
-use sqlx::{Sqlite, pool::PoolConnection};
 use tokio::sync::broadcast;
 
 pub use sqlite::SqliteStore;
@@ -156,28 +156,20 @@ impl Store {
         }
     }
 
-    /// A connection from the readers' pool.
-    async fn reader(&self) -> anyhow::Result<PoolConnection<Sqlite>> {
+    /// Whether this backend's database has one owner, this process: then, at start-up, the
+    /// leases of any earlier owner are taken at once (it is dead) instead of waiting for them
+    /// to expire. True for SQLite; a database that several instances share answers false.
+    pub fn single_owner(&self) -> bool {
         match &self.backend {
-            Backend::Sqlite(s, _) => s.pool().acquire().await.context("acquiring a connection"),
-        }
-    }
-
-    /// The one write connection (lease upkeep outside the group commit).
-    async fn writer(&self) -> anyhow::Result<PoolConnection<Sqlite>> {
-        match &self.backend {
-            Backend::Sqlite(s, _) => s
-                .write_pool()
-                .acquire()
-                .await
-                .context("acquiring the writer"),
+            Backend::Sqlite(..) => true,
         }
     }
 
     /// A workflow's committed state.
     pub async fn load(&self, id: &str) -> anyhow::Result<Option<WorkflowState>> {
-        let mut conn = self.reader().await?;
-        sqlite_ops::load_state(&mut conn, id).await
+        match &self.backend {
+            Backend::Sqlite(s, _) => s.load(id).await,
+        }
     }
 
     /// The whole output of a step that has one (completed or skipped), `None` when the
@@ -195,8 +187,9 @@ impl Store {
         if !step.output_is_cut() {
             return Ok(step.output.clone());
         }
-        let mut conn = self.reader().await?;
-        let whole = sqlite_ops::output(&mut conn, workflow_id, step_id).await?;
+        let whole = match &self.backend {
+            Backend::Sqlite(s, _) => s.output(workflow_id, step_id).await?,
+        };
         match whole {
             Some(w) if Some(w.len() as u64) == step.output_bytes => Ok(Some(w)),
             _ => anyhow::bail!("the stored output of {workflow_id}/{step_id} is missing"),
@@ -205,14 +198,16 @@ impl Store {
 
     /// Workflow summaries, newest first.
     pub async fn list(&self, q: &ListQuery) -> anyhow::Result<Vec<WorkflowSummary>> {
-        let mut conn = self.reader().await?;
-        sqlite_ops::list(&mut conn, q).await
+        match &self.backend {
+            Backend::Sqlite(s, _) => s.list(q).await,
+        }
     }
 
     /// A workflow's events after `after` (0 = all), in order.
     pub async fn history(&self, id: &str, after: i64) -> anyhow::Result<Vec<EventRecord>> {
-        let mut conn = self.reader().await?;
-        sqlite_ops::history(&mut conn, id, after).await
+        match &self.backend {
+            Backend::Sqlite(s, _) => s.history(id, after).await,
+        }
     }
 
     /// Events after `after` (of one workflow, or of all), oldest first, at most `limit`.
@@ -222,8 +217,9 @@ impl Store {
         after: i64,
         limit: u32,
     ) -> anyhow::Result<Vec<EventRecord>> {
-        let mut conn = self.reader().await?;
-        sqlite_ops::events_after(&mut conn, workflow_id, after, limit).await
+        match &self.backend {
+            Backend::Sqlite(s, _) => s.events_after(workflow_id, after, limit).await,
+        }
     }
 
     /// The newest workflows and the log position they reflect, read in one transaction so
@@ -233,21 +229,12 @@ impl Store {
         limit: u32,
     ) -> anyhow::Result<(i64, Vec<WorkflowSummary>)> {
         match &self.backend {
-            Backend::Sqlite(s, _) => {
-                let mut tx = s.pool().begin().await.context("beginning a read")?;
-                let last = sqlite_ops::last_event_id(&mut tx).await?;
-                let q = ListQuery {
-                    limit,
-                    ..ListQuery::default()
-                };
-                let list = sqlite_ops::list(&mut tx, &q).await?;
-                tx.commit().await.context("ending a read")?;
-                Ok((last, list))
-            }
+            Backend::Sqlite(s, _) => s.workspace_snapshot(limit).await,
         }
     }
 
-    /// Takes leases on workflows with work and no live owner (see [`Claimed`]).
+    /// Takes leases on workflows with work and no live owner (see [`Claimed`]); with `steal`
+    /// (only honoured where [`Store::single_owner`]), also those of other owners.
     pub async fn claim(
         &self,
         owner: &str,
@@ -256,25 +243,23 @@ impl Store {
         limit: u32,
         steal: bool,
     ) -> anyhow::Result<Vec<Claimed>> {
+        let steal = steal && self.single_owner();
         match &self.backend {
-            Backend::Sqlite(s, _) => {
-                let mut tx = s.write_pool().begin().await.context("beginning a claim")?;
-                let claimed = sqlite_ops::claim(&mut tx, owner, now, ttl, limit, steal).await?;
-                tx.commit().await.context("committing a claim")?;
-                Ok(claimed)
-            }
+            Backend::Sqlite(s, _) => s.claim(owner, now, ttl, limit, steal).await,
         }
     }
 
     /// Extends `owner`'s leases to `expires`; returns the workflows it still holds.
     pub async fn renew(&self, owner: &str, expires: DateTime<Utc>) -> anyhow::Result<Vec<String>> {
-        let mut conn = self.writer().await?;
-        sqlite_ops::renew(&mut conn, owner, expires).await
+        match &self.backend {
+            Backend::Sqlite(s, _) => s.renew(owner, expires).await,
+        }
     }
 
     /// Gives up `owner`'s lease on a workflow.
     pub async fn release(&self, owner: &str, workflow_id: &str) -> anyhow::Result<()> {
-        let mut conn = self.writer().await?;
-        sqlite_ops::release(&mut conn, owner, workflow_id).await
+        match &self.backend {
+            Backend::Sqlite(s, _) => s.release(owner, workflow_id).await,
+        }
     }
 }

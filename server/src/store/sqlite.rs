@@ -8,9 +8,17 @@
 use std::{str::FromStr, time::Duration};
 
 use anyhow::Context;
+use cairn::{EventRecord, WorkflowState};
+use chrono::{DateTime, Utc};
 use sqlx::{
-    SqlitePool,
+    Sqlite, SqlitePool,
+    pool::PoolConnection,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+
+use super::{
+    sqlite_ops,
+    types::{Claimed, ListQuery, WorkflowSummary},
 };
 
 /// The schema, compiled into the binary so a deployed `cairn` needs no files beside it.
@@ -72,5 +80,88 @@ impl SqliteStore {
     /// The single-connection pool every write goes through.
     pub fn write_pool(&self) -> &SqlitePool {
         &self.write_pool
+    }
+
+    async fn reader(&self) -> anyhow::Result<PoolConnection<Sqlite>> {
+        self.pool.acquire().await.context("acquiring a connection")
+    }
+
+    /// The one write connection (lease upkeep outside the group commit).
+    async fn writer(&self) -> anyhow::Result<PoolConnection<Sqlite>> {
+        self.write_pool
+            .acquire()
+            .await
+            .context("acquiring the writer")
+    }
+
+    /// A workflow's committed state.
+    pub async fn load(&self, id: &str) -> anyhow::Result<Option<WorkflowState>> {
+        sqlite_ops::load_state(&mut *self.reader().await?, id).await
+    }
+
+    /// The newest stored whole output of a step.
+    pub async fn output(&self, workflow_id: &str, step_id: &str) -> anyhow::Result<Option<String>> {
+        sqlite_ops::output(&mut *self.reader().await?, workflow_id, step_id).await
+    }
+
+    /// Workflow summaries, newest first.
+    pub async fn list(&self, q: &ListQuery) -> anyhow::Result<Vec<WorkflowSummary>> {
+        sqlite_ops::list(&mut *self.reader().await?, q).await
+    }
+
+    /// A workflow's events after `after`, in order.
+    pub async fn history(&self, id: &str, after: i64) -> anyhow::Result<Vec<EventRecord>> {
+        sqlite_ops::history(&mut *self.reader().await?, id, after).await
+    }
+
+    /// Events after `after`, of one workflow or of all, oldest first, at most `limit`.
+    pub async fn events_after(
+        &self,
+        workflow_id: Option<&str>,
+        after: i64,
+        limit: u32,
+    ) -> anyhow::Result<Vec<EventRecord>> {
+        sqlite_ops::events_after(&mut *self.reader().await?, workflow_id, after, limit).await
+    }
+
+    /// The newest workflows and the log position they reflect, read in one transaction.
+    pub async fn workspace_snapshot(
+        &self,
+        limit: u32,
+    ) -> anyhow::Result<(i64, Vec<WorkflowSummary>)> {
+        let mut tx = self.pool.begin().await.context("beginning a read")?;
+        let last = sqlite_ops::last_event_id(&mut tx).await?;
+        let q = ListQuery {
+            limit,
+            ..ListQuery::default()
+        };
+        let list = sqlite_ops::list(&mut tx, &q).await?;
+        tx.commit().await.context("ending a read")?;
+        Ok((last, list))
+    }
+
+    /// Takes leases on workflows with work and no live owner.
+    pub async fn claim(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        ttl: chrono::Duration,
+        limit: u32,
+        steal: bool,
+    ) -> anyhow::Result<Vec<Claimed>> {
+        let mut tx = self.write_pool.begin().await.context("beginning a claim")?;
+        let claimed = sqlite_ops::claim(&mut tx, owner, now, ttl, limit, steal).await?;
+        tx.commit().await.context("committing a claim")?;
+        Ok(claimed)
+    }
+
+    /// Extends `owner`'s leases to `expires`; returns the workflows it still holds.
+    pub async fn renew(&self, owner: &str, expires: DateTime<Utc>) -> anyhow::Result<Vec<String>> {
+        sqlite_ops::renew(&mut *self.writer().await?, owner, expires).await
+    }
+
+    /// Gives up `owner`'s lease on a workflow.
+    pub async fn release(&self, owner: &str, workflow_id: &str) -> anyhow::Result<()> {
+        sqlite_ops::release(&mut *self.writer().await?, owner, workflow_id).await
     }
 }

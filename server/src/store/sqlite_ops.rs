@@ -6,11 +6,14 @@
 use std::collections::BTreeSet;
 
 use anyhow::Context;
-use cairn::{Event, EventRecord, WorkflowState};
-use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
+use cairn::{EventRecord, WorkflowState};
+use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::{Row, SqliteConnection};
 
-use super::types::{Change, Claimed, Fence, ListQuery, Outcome, Rejection, WorkflowSummary};
+use super::{
+    decide::{Facts, Plan, decide},
+    types::{Change, Claimed, Fence, ListQuery, Outcome, WorkflowSummary},
+};
 
 /// The text form of an instant in the database.
 pub(super) fn ts(t: DateTime<Utc>) -> String {
@@ -23,97 +26,26 @@ fn parse_ts(s: &str) -> anyhow::Result<DateTime<Utc>> {
         .with_timezone(&Utc))
 }
 
-/// Applies one change inside the caller's transaction. Everything is checked before anything
+/// Applies one change inside the caller's transaction: [`decide`] says whether it applies
+/// from the rows read here, then its rows are written. Everything is checked before anything
 /// is written, so a rejected change leaves no trace and the rest of the batch goes on.
 pub(super) async fn apply_change(
     conn: &mut SqliteConnection,
     change: Change,
 ) -> anyhow::Result<Outcome> {
-    let Change {
+    let plan = match decide(&mut SqliteFacts(&mut *conn), change).await? {
+        Ok(plan) => plan,
+        Err(rejection) => return Ok(Outcome::Rejected(rejection)),
+    };
+    let Plan {
         workflow_id,
-        fence,
-        mut events,
+        creating,
+        mut state,
+        events,
+        encoded,
         outputs,
         idempotency,
-        base,
-    } = change;
-    // Times are kept to the microsecond, in the log and in the state alike, so a state
-    // refolded from stored events equals the stored state exactly.
-    for s in &mut events {
-        s.at = s.at.trunc_subsecs(6);
-    }
-    // Whole outputs are stored once, beside the log; events carry previews.
-    let outputs = match super::split_outputs(&mut events, outputs) {
-        Ok(outputs) => outputs,
-        Err(reason) => return Ok(Outcome::Rejected(Rejection::Unstorable(reason))),
-    };
-
-    if let Some((key, hash)) = &idempotency {
-        let seen: Option<(String, String)> =
-            sqlx::query_as("SELECT request_hash, workflow_id FROM idempotency_keys WHERE key = ?")
-                .bind(key)
-                .fetch_optional(&mut *conn)
-                .await
-                .context("looking up an idempotency key")?;
-        if let Some((seen_hash, seen_id)) = seen {
-            let same = seen_hash == *hash;
-            return Ok(Outcome::Rejected(Rejection::IdempotentReplay(
-                same.then_some(seen_id),
-            )));
-        }
-    }
-
-    if let Some(fence) = &fence
-        && !holds_lease(conn, &workflow_id, fence).await?
-    {
-        return Ok(Outcome::Rejected(Rejection::LeaseLost));
-    }
-
-    let creating = matches!(
-        events.first().map(|s| &s.event),
-        Some(Event::WorkflowCreated { .. })
-    );
-    let existing = match base {
-        Some(base) if !creating => {
-            let stored: Option<i64> =
-                sqlx::query_scalar("SELECT last_event_id FROM workflows WHERE id = ?")
-                    .bind(&workflow_id)
-                    .fetch_optional(&mut *conn)
-                    .await
-                    .context("checking a workflow's position")?;
-            match stored {
-                Some(last) if last == base.last_event_id => Some(*base),
-                Some(_) => load_state(conn, &workflow_id).await?,
-                None => None,
-            }
-        }
-        _ => load_state(conn, &workflow_id).await?,
-    };
-    let mut state = match (creating, existing) {
-        (true, None) => WorkflowState::new(workflow_id.clone()),
-        (true, Some(_)) => return Ok(Outcome::Rejected(Rejection::Duplicate)),
-        (false, Some(s)) => s,
-        (false, None) => return Ok(Outcome::Rejected(Rejection::UnknownWorkflow)),
-    };
-
-    let encoded = match super::encode_events(&events) {
-        Ok(encoded) => encoded,
-        Err(reason) => return Ok(Outcome::Rejected(Rejection::Unstorable(reason))),
-    };
-
-    // Dry run on a copy: the fold is the judge of whether these events fit.
-    let mut probe = state.clone();
-    for (i, s) in events.iter().enumerate() {
-        let rec = EventRecord {
-            id: state.last_event_id + 1 + i as i64,
-            workflow_id: workflow_id.clone(),
-            at: s.at,
-            event: s.event.clone(),
-        };
-        if let Err(e) = probe.apply(&rec) {
-            return Ok(Outcome::Rejected(Rejection::DoesNotApply(e)));
-        }
-    }
+    } = plan;
 
     let mut records = Vec::with_capacity(events.len());
     let mut touched = BTreeSet::new();
@@ -189,18 +121,37 @@ pub(super) async fn apply_change(
     })
 }
 
-async fn holds_lease(
-    conn: &mut SqliteConnection,
-    workflow_id: &str,
-    fence: &Fence,
-) -> anyhow::Result<bool> {
-    let row: Option<(String, i64)> =
+/// What [`decide`] reads, from SQLite.
+struct SqliteFacts<'c>(&'c mut SqliteConnection);
+
+impl Facts for SqliteFacts<'_> {
+    async fn idempotency_key(&mut self, key: &str) -> anyhow::Result<Option<(String, String)>> {
+        sqlx::query_as("SELECT request_hash, workflow_id FROM idempotency_keys WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&mut *self.0)
+            .await
+            .context("looking up an idempotency key")
+    }
+
+    async fn lease(&mut self, workflow_id: &str) -> anyhow::Result<Option<(String, i64)>> {
         sqlx::query_as("SELECT owner, epoch FROM leases WHERE workflow_id = ?")
             .bind(workflow_id)
-            .fetch_optional(&mut *conn)
+            .fetch_optional(&mut *self.0)
             .await
-            .context("checking a lease")?;
-    Ok(row.is_some_and(|(owner, epoch)| *owner == *fence.owner && epoch == fence.epoch))
+            .context("checking a lease")
+    }
+
+    async fn position(&mut self, workflow_id: &str) -> anyhow::Result<Option<i64>> {
+        sqlx::query_scalar("SELECT last_event_id FROM workflows WHERE id = ?")
+            .bind(workflow_id)
+            .fetch_optional(&mut *self.0)
+            .await
+            .context("checking a workflow's position")
+    }
+
+    async fn state(&mut self, workflow_id: &str) -> anyhow::Result<Option<WorkflowState>> {
+        load_state(self.0, workflow_id).await
+    }
 }
 
 async fn write_projection(
