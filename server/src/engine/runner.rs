@@ -7,7 +7,7 @@
 //! Whatever a step produces is read into bounded memory: an output holds at most the role's
 //! `max_output_bytes` (then fails or is truncated, as `on_output_overflow` says), a log line
 //! at most [`cairn::LOG_LINE_MAX_BYTES`], an attempt sends at most
-//! [`MAX_LOG_LINES_PER_ATTEMPT`] + 1 log lines per stream, and a program's stderr is kept only
+//! `MAX_LOG_LINES_PER_ATTEMPT` + 1 log lines per stream, and a program's stderr is kept only
 //! as a tail for the failure message.
 
 use std::{collections::BTreeMap, process::Stdio, sync::Arc, time::Duration};
@@ -364,7 +364,7 @@ const STDERR_TAIL_BYTES: usize = 2000;
 /// The most a program's stdout or stderr is read at once.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
-/// Log lines sent per stream and attempt: the engine records [`MAX_LOG_LINES_PER_ATTEMPT`] and
+/// Log lines sent per stream and attempt: the engine records `MAX_LOG_LINES_PER_ATTEMPT` and
 /// turns the next one into its notice that the rest was not recorded.
 const LOG_LINES_SENT: u32 = MAX_LOG_LINES_PER_ATTEMPT + 1;
 

@@ -7,9 +7,11 @@
 //! Everything that changes a workflow goes through [`Store::commit`]: one transaction appends
 //! the events and updates the projections (the checkpoint), under the lease of whoever makes
 //! the change; concurrent commits share a transaction (group commit). Committed events are
-//! published on [`Store::subscribe`] for live streams.
+//! published on [`Store::subscribe`] for live streams by one publisher that reads the log in
+//! id order.
 
 mod decide;
+mod publisher;
 mod sqlite;
 mod sqlite_ops;
 mod types;
@@ -108,7 +110,15 @@ impl Store {
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
         if url.starts_with("sqlite:") {
             let sqlite = SqliteStore::connect(url).await?;
-            let writer = writer::Writer::start(sqlite.write_pool().clone(), events.clone());
+            let (wake, woken) = tokio::sync::mpsc::channel(1);
+            let from = sqlite.last_event_id().await?;
+            publisher::start(
+                publisher::Log::Sqlite(sqlite.clone()),
+                from,
+                woken,
+                events.clone(),
+            );
+            let writer = writer::Writer::start(sqlite.write_pool().clone(), wake);
             return Ok(Self {
                 backend: Backend::Sqlite(sqlite, writer),
                 events,

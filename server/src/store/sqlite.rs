@@ -124,6 +124,11 @@ impl SqliteStore {
         sqlite_ops::events_after(&mut *self.reader().await?, workflow_id, after, limit).await
     }
 
+    /// The newest event id of the whole log (0 when empty).
+    pub async fn last_event_id(&self) -> anyhow::Result<i64> {
+        sqlite_ops::last_event_id(&mut *self.reader().await?).await
+    }
+
     /// The newest workflows and the log position they reflect, read in one transaction.
     pub async fn workspace_snapshot(
         &self,

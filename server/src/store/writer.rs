@@ -3,7 +3,8 @@
 //!
 //! SQLite has one writer at a time and each commit costs an fsync, so N callers each doing
 //! their own transaction would queue on the fsync; here they share it. Nobody is answered
-//! before the transaction that holds their change has committed.
+//! before the transaction that holds their change has committed; the publisher is woken
+//! after each commit to stream what it wrote.
 //!
 //! The task lives as long as any [`Writer`] handle: when the store is dropped the channel
 //! closes and the loop ends.
@@ -16,11 +17,11 @@ use std::{
 use anyhow::Context;
 use sqlx::Acquire;
 use sqlx::SqlitePool;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
     sqlite_ops,
-    types::{Change, LiveEvent, Outcome, Rejection},
+    types::{Change, Outcome, Rejection},
 };
 
 /// Requests merged into one transaction at most.
@@ -41,11 +42,12 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer task on `pool`; committed events are published on `events`.
-    pub fn start(pool: SqlitePool, events: broadcast::Sender<Arc<LiveEvent>>) -> Self {
+    /// Starts the writer task on `pool`; after each commit it wakes the publisher through
+    /// `published` (see [`super::publisher`]), which closes when the writer stops.
+    pub fn start(pool: SqlitePool, published: mpsc::Sender<()>) -> Self {
         let (tx, rx) = mpsc::channel(1024);
         let latencies = Arc::new(Mutex::new(Vec::new()));
-        tokio::spawn(run(pool, rx, events, latencies.clone()));
+        tokio::spawn(run(pool, rx, published, latencies.clone()));
         Self { tx, latencies }
     }
 
@@ -70,7 +72,7 @@ impl Writer {
 async fn run(
     pool: SqlitePool,
     mut rx: mpsc::Receiver<Batch>,
-    events: broadcast::Sender<Arc<LiveEvent>>,
+    published: mpsc::Sender<()>,
     latencies: Arc<Mutex<Vec<f64>>>,
 ) {
     while let Some(first) = rx.recv().await {
@@ -92,15 +94,9 @@ async fn run(
         }
         match result {
             Ok(outcomes) => {
+                // Full means a wake-up is pending already: the publisher reads it all.
+                let _ = published.try_send(());
                 for (batch, outcome) in group.into_iter().zip(outcomes) {
-                    for o in &outcome {
-                        if let Outcome::Committed { records, .. } = o {
-                            for r in records {
-                                // No subscriber is fine; a lagging one catches up from the log.
-                                let _ = events.send(Arc::new(LiveEvent::new(r.clone())));
-                            }
-                        }
-                    }
                     let _ = batch.reply.send(Ok(outcome));
                 }
             }

@@ -120,3 +120,23 @@ async fn a_result_from_an_engine_that_lost_its_lease_is_discarded() {
     assert_eq!(starts.len(), 2);
     assert_eq!(starts[0].0, starts[1].0);
 }
+
+#[tokio::test]
+async fn live_events_come_from_the_log_whoever_wrote_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let reader = store(&dir).await;
+    let mut live = reader.subscribe();
+    // Another handle on the same database writes; this one only reads the log.
+    let writer = store(&dir).await;
+    let id = create(
+        &writer,
+        json!({ "id": "a", "role": "architect", "task": "A" }),
+    )
+    .await;
+    let event = tokio::time::timeout(std::time::Duration::from_secs(10), live.recv())
+        .await
+        .expect("the event was never published")
+        .unwrap();
+    assert_eq!(event.workflow_id, id);
+    assert_eq!(event.event.type_name(), "workflow.created");
+}
