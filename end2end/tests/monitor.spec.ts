@@ -260,7 +260,7 @@ test("restart: the page says reconnecting, then catches up without showing an ev
       data: {
         name: "survivor",
         steps: [
-          { id: "a", role: "developer", task: "A", params: { duration_ms: 1500 } },
+          { id: "a", role: "developer", task: "A", params: { duration_ms: 4000 } },
           { id: "b", role: "developer", task: "B {a.output}", deps: ["a"], params: { duration_ms: 1500 } },
           { id: "c", role: "developer", task: "C {b.output}", deps: ["b"], params: { duration_ms: 500 } },
         ],
