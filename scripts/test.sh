@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Tests everything: formatting, lints, unit and integration tests (real server, real SQLite
-# files), then the Playwright suite in Chromium against the release build.
+# files and a real Postgres, started here if it is not running), then the Playwright suite in Chromium against the release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -13,7 +13,8 @@ say "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 say "clippy on the browser half (wasm32, hydrate)"
 cargo clippy -p app --features hydrate --target wasm32-unknown-unknown --locked -- -D warnings
-say "cargo test"
+say "cargo test (needs PostgreSQL on 127.0.0.1:5432)"
+scripts/postgres.sh
 cargo test --workspace --locked
 say "release build"
 scripts/build.sh

@@ -28,7 +28,8 @@ pub struct ServeArgs {
     #[arg(long, env = "CAIRN_ADDR", default_value = "127.0.0.1:3000")]
     pub addr: SocketAddr,
 
-    /// Database: `sqlite://PATH` (created if missing).
+    /// Database: `sqlite://PATH` (created if missing), or `postgres://USER@HOST/DATABASE`
+    /// (several instances may share it; `?schema=NAME` picks the schema, default `cairn`).
     #[arg(long, env = "CAIRN_DATABASE_URL", default_value = "sqlite://cairn.db")]
     pub database_url: String,
 

@@ -11,17 +11,26 @@
 //!
 //! Manual controls reach the loop as [`Command`]s through an [`EngineHandle`], so they are
 //! serialised with everything else the loop does.
+//!
+//! Several instances may share a database (Postgres). Each engine watches the committed log
+//! (the store's live events, which include every instance's checkpoints): a workflow created
+//! or made runnable elsewhere is a reason to claim, and a change that another instance made
+//! to a workflow this one runs (a control sent there) is taken in before the next decision.
 
 mod control;
 pub mod runner;
 mod tick;
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use cairn::{WorkflowState, WorkflowStatus};
 use chrono::Utc;
 use tokio::{
-    sync::{Notify, mpsc, oneshot},
+    sync::{Notify, broadcast, mpsc, oneshot},
     task::JoinSet,
 };
 use tokio_util::sync::CancellationToken;
@@ -31,7 +40,7 @@ use runner::{LogLine, LogSink, Runner};
 
 use crate::{
     config::EngineConfig,
-    store::{Fence, Store},
+    store::{Fence, LiveEvent, Store},
 };
 
 /// Tuning knobs of the engine.
@@ -178,6 +187,10 @@ pub struct Engine {
     first_claim: bool,
     last_renewal: tokio::time::Instant,
     rng: fastrand::Rng,
+    /// The committed log as it grows, whoever writes it.
+    log: broadcast::Receiver<Arc<LiveEvent>>,
+    /// Workflows this engine holds that someone else changed: reloaded at the next tick.
+    changed_elsewhere: HashSet<String>,
 }
 
 impl Engine {
@@ -201,7 +214,7 @@ impl Engine {
             wake: wake.clone(),
         };
         let engine = Self {
-            store,
+            store: store.clone(),
             runners: Arc::new(runners),
             instance,
             settings,
@@ -217,6 +230,8 @@ impl Engine {
             first_claim: true,
             last_renewal: tokio::time::Instant::now(),
             rng: fastrand::Rng::new(),
+            log: store.subscribe(),
+            changed_elsewhere: HashSet::new(),
         };
         (engine, handle)
     }
@@ -244,6 +259,10 @@ impl Engine {
                 }
                 Some(cmd) = self.commands.recv() => self.handle_command(cmd).await,
                 Some(line) = self.logs_rx.recv() => self.log_buffer.push(line),
+                seen = self.log.recv() => {
+                    self.observe(seen);
+                    self.observe_log();
+                }
                 _ = self.wake.notified() => self.claim_due = true,
                 _ = tokio::time::sleep_until(deadline) => self.claim_due = true,
             }
@@ -274,6 +293,50 @@ impl Engine {
             }
         }
         deadline
+    }
+
+    /// Takes in what the log has committed since last time, without waiting.
+    fn observe_log(&mut self) {
+        loop {
+            match self.log.try_recv() {
+                Ok(e) => self.observe(Ok(e)),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    self.observe(Err(broadcast::error::RecvError::Lagged(n)))
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// One committed event (or a gap in what this engine saw of the log).
+    fn observe(&mut self, seen: Result<Arc<LiveEvent>, broadcast::error::RecvError>) {
+        match seen {
+            Ok(e) => match self.owned.get(&e.workflow_id) {
+                // Newer than what this engine folded: someone else wrote it.
+                Some(o) if e.id > o.state.last_event_id => {
+                    self.changed_elsewhere.insert(e.workflow_id.clone());
+                }
+                Some(_) => {}
+                None => {
+                    use cairn::Event;
+                    if matches!(
+                        e.event,
+                        Event::WorkflowCreated { .. }
+                            | Event::WorkflowResumed { .. }
+                            | Event::StepRetrying { .. }
+                            | Event::StepSkipped { .. }
+                    ) {
+                        self.claim_due = true;
+                    }
+                }
+            },
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                // Events were missed: anything may have changed.
+                self.changed_elsewhere.extend(self.owned.keys().cloned());
+                self.claim_due = true;
+            }
+            Err(broadcast::error::RecvError::Closed) => {}
+        }
     }
 
     /// Workflows this engine holds now (for tests).

@@ -157,7 +157,11 @@ impl Engine {
         while let Ok(line) = self.logs_rx.try_recv() {
             self.log_buffer.push(line);
         }
-        self.renew_if_due(now).await?;
+        self.renew_if_due().await?;
+        self.observe_log();
+        for id in std::mem::take(&mut self.changed_elsewhere) {
+            self.reload(&id).await?;
+        }
 
         let mut drafts: HashMap<String, Draft> = HashMap::new();
         if self.claim_due {
@@ -252,13 +256,16 @@ impl Engine {
         let ttl = chrono::Duration::from_std(self.settings.lease_ttl)?;
         let claimed = self
             .store
-            .claim(&self.instance, now, ttl, CLAIM_BATCH, steal)
+            .claim(&self.instance, ttl, CLAIM_BATCH, steal)
             .await?;
         self.first_claim = false;
         self.claim_due = claimed.len() as u32 == CLAIM_BATCH;
         let n = claimed.len();
         for c in claimed {
             let id = c.state.id.clone();
+            // Its own lease lapsed (the loop stood still longer than the TTL) and it took the
+            // workflow again under a new epoch: what it ran under the old one is void.
+            self.drop_owned(&id);
             let mut draft = Draft::new(c.state.clone());
             let interrupted = c
                 .state
@@ -763,24 +770,48 @@ impl Engine {
         }
     }
 
-    async fn reload(&mut self, id: &str) -> anyhow::Result<()> {
+    /// Takes in what is committed for a workflow this engine holds, after someone else
+    /// changed it (a control sent to another instance, which commits through the database):
+    /// attempts whose step is no longer running are stopped, and a workflow that is no longer
+    /// running is let go (a paused one's lease released, so whoever resumes it may run it).
+    pub(super) async fn reload(&mut self, id: &str) -> anyhow::Result<()> {
         match self.store.load(id).await? {
             Some(state) if state.status == WorkflowStatus::Running => {
                 if let Some(o) = self.owned.get_mut(id) {
+                    let stale: Vec<String> = o
+                        .attempts
+                        .keys()
+                        .filter(|s| {
+                            state
+                                .step(s)
+                                .is_none_or(|st| st.status != cairn::StepStatus::Running)
+                        })
+                        .cloned()
+                        .collect();
+                    for s in stale {
+                        if let Some(t) = o.attempts.remove(&s) {
+                            t.cancel();
+                        }
+                    }
                     o.state = state;
                 }
+            }
+            Some(state) if state.status == WorkflowStatus::Paused => {
+                self.drop_owned(id);
+                self.store.release(&self.instance, id).await?;
             }
             _ => self.drop_owned(id),
         }
         Ok(())
     }
 
-    async fn renew_if_due(&mut self, now: DateTime<Utc>) -> anyhow::Result<()> {
+    async fn renew_if_due(&mut self) -> anyhow::Result<()> {
         if self.last_renewal.elapsed() < self.settings.lease_ttl / 3 {
             return Ok(());
         }
         let ttl = chrono::Duration::from_std(self.settings.lease_ttl)?;
-        let held = self.store.renew(&self.instance, now + ttl).await?;
+        let ids: Vec<String> = self.owned.keys().cloned().collect();
+        let held = self.store.renew(&self.instance, &ids, ttl).await?;
         self.last_renewal = tokio::time::Instant::now();
         let held: std::collections::HashSet<String> = held.into_iter().collect();
         let lost: Vec<String> = self

@@ -1,8 +1,9 @@
 //! The database behind cairn.
 //!
 //! The default is an embedded SQLite file in WAL mode with `synchronous=FULL`: a commit is on
-//! disk before it is acknowledged. The URL chooses the backend; the schema comes from the
-//! append-only files in `migrations/`, applied at start-up.
+//! disk before it is acknowledged. With a `postgres://` URL, any number of instances share one
+//! Postgres database ([`PgStore`]). The URL chooses the backend; the schema comes from the
+//! append-only files in `migrations/<backend>/`, applied at start-up.
 //!
 //! Everything that changes a workflow goes through [`Store::commit`]: one transaction appends
 //! the events and updates the projections (the checkpoint), under the lease of whoever makes
@@ -11,6 +12,7 @@
 //! id order.
 
 mod decide;
+mod postgres;
 mod publisher;
 mod sqlite;
 mod sqlite_ops;
@@ -21,9 +23,9 @@ use std::sync::Arc;
 
 use anyhow::bail;
 use cairn::{EventRecord, WorkflowState};
-use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use types::{
     Change, Claimed, Fence, ListQuery, LiveEvent, Outcome, Rejection, Stamped, WorkflowSummary,
@@ -97,17 +99,22 @@ const BROADCAST_CAPACITY: usize = 4096;
 pub struct Store {
     backend: Backend,
     events: broadcast::Sender<Arc<LiveEvent>>,
+    /// Stops the background tasks that outlive no handle (the Postgres listener) when the
+    /// last clone of this store is dropped.
+    _stop: Arc<tokio_util::sync::DropGuard>,
 }
 
 #[derive(Clone, Debug)]
 enum Backend {
     Sqlite(SqliteStore, writer::Writer),
+    Postgres(PgStore, writer::Writer),
 }
 
 impl Store {
     /// Opens (creating if needed) and migrates the database named by `url`.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let stop = tokio_util::sync::CancellationToken::new();
         if url.starts_with("sqlite:") {
             let sqlite = SqliteStore::connect(url).await?;
             let (wake, woken) = tokio::sync::mpsc::channel(1);
@@ -118,25 +125,40 @@ impl Store {
                 woken,
                 events.clone(),
             );
-            let writer = writer::Writer::start(sqlite.write_pool().clone(), wake);
+            let writer = writer::Writer::start(sqlite.clone(), wake);
             return Ok(Self {
                 backend: Backend::Sqlite(sqlite, writer),
                 events,
+                _stop: Arc::new(stop.drop_guard()),
             });
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            bail!(
-                "this build of cairn stores in SQLite only; use --database-url sqlite://PATH \
-                 (Postgres support is planned)"
+            let pg = PgStore::connect(url).await?;
+            let (wake, woken) = tokio::sync::mpsc::channel(1);
+            let from = pg.last_event_id().await?;
+            publisher::start(
+                publisher::Log::Postgres(pg.clone()),
+                from,
+                woken,
+                events.clone(),
             );
+            // Other instances' checkpoints arrive as notifications; this one's own too.
+            pg.listen(wake.clone(), stop.clone());
+            let writer = writer::Writer::start(pg.clone(), wake);
+            return Ok(Self {
+                backend: Backend::Postgres(pg, writer),
+                events,
+                _stop: Arc::new(stop.drop_guard()),
+            });
         }
-        bail!("unsupported database URL {url:?}: use sqlite://PATH")
+        bail!("unsupported database URL: use sqlite://PATH or postgres://USER@HOST/DATABASE")
     }
 
     /// The backend's name, as `/api/health` reports it.
     pub fn kind(&self) -> &'static str {
         match &self.backend {
             Backend::Sqlite(..) => "sqlite",
+            Backend::Postgres(..) => "postgres",
         }
     }
 
@@ -144,13 +166,14 @@ impl Store {
     pub async fn ping(&self) -> anyhow::Result<()> {
         match &self.backend {
             Backend::Sqlite(s, _) => s.ping().await,
+            Backend::Postgres(p, _) => p.ping().await,
         }
     }
 
     /// Commits changes durably (see the module docs); one outcome per change, in order.
     pub async fn commit(&self, changes: Vec<Change>) -> anyhow::Result<Vec<Outcome>> {
         match &self.backend {
-            Backend::Sqlite(_, w) => w.commit(changes).await,
+            Backend::Sqlite(_, w) | Backend::Postgres(_, w) => w.commit(changes).await,
         }
     }
 
@@ -162,7 +185,7 @@ impl Store {
     /// Durations of recent commits in milliseconds (for benchmarks).
     pub fn commit_latencies_ms(&self) -> Vec<f64> {
         match &self.backend {
-            Backend::Sqlite(_, w) => w.commit_latencies_ms(),
+            Backend::Sqlite(_, w) | Backend::Postgres(_, w) => w.commit_latencies_ms(),
         }
     }
 
@@ -172,6 +195,7 @@ impl Store {
     pub fn single_owner(&self) -> bool {
         match &self.backend {
             Backend::Sqlite(..) => true,
+            Backend::Postgres(..) => false,
         }
     }
 
@@ -179,6 +203,7 @@ impl Store {
     pub async fn load(&self, id: &str) -> anyhow::Result<Option<WorkflowState>> {
         match &self.backend {
             Backend::Sqlite(s, _) => s.load(id).await,
+            Backend::Postgres(p, _) => p.load(id).await,
         }
     }
 
@@ -199,6 +224,7 @@ impl Store {
         }
         let whole = match &self.backend {
             Backend::Sqlite(s, _) => s.output(workflow_id, step_id).await?,
+            Backend::Postgres(p, _) => p.output(workflow_id, step_id).await?,
         };
         match whole {
             Some(w) if Some(w.len() as u64) == step.output_bytes => Ok(Some(w)),
@@ -210,6 +236,7 @@ impl Store {
     pub async fn list(&self, q: &ListQuery) -> anyhow::Result<Vec<WorkflowSummary>> {
         match &self.backend {
             Backend::Sqlite(s, _) => s.list(q).await,
+            Backend::Postgres(p, _) => p.list(q).await,
         }
     }
 
@@ -217,6 +244,7 @@ impl Store {
     pub async fn history(&self, id: &str, after: i64) -> anyhow::Result<Vec<EventRecord>> {
         match &self.backend {
             Backend::Sqlite(s, _) => s.history(id, after).await,
+            Backend::Postgres(p, _) => p.history(id, after).await,
         }
     }
 
@@ -229,6 +257,7 @@ impl Store {
     ) -> anyhow::Result<Vec<EventRecord>> {
         match &self.backend {
             Backend::Sqlite(s, _) => s.events_after(workflow_id, after, limit).await,
+            Backend::Postgres(p, _) => p.events_after(workflow_id, after, limit).await,
         }
     }
 
@@ -240,29 +269,38 @@ impl Store {
     ) -> anyhow::Result<(i64, Vec<WorkflowSummary>)> {
         match &self.backend {
             Backend::Sqlite(s, _) => s.workspace_snapshot(limit).await,
+            Backend::Postgres(p, _) => p.workspace_snapshot(limit).await,
         }
     }
 
-    /// Takes leases on workflows with work and no live owner (see [`Claimed`]); with `steal`
-    /// (only honoured where [`Store::single_owner`]), also those of other owners.
+    /// Takes leases for `ttl` on workflows with work and no live owner (see [`Claimed`]);
+    /// with `steal` (only honoured where [`Store::single_owner`]), also those of other
+    /// owners. Expiries are the database's business: Postgres compares them with its own
+    /// clock, so instances whose clocks differ still agree on who holds what.
     pub async fn claim(
         &self,
         owner: &str,
-        now: DateTime<Utc>,
         ttl: chrono::Duration,
         limit: u32,
         steal: bool,
     ) -> anyhow::Result<Vec<Claimed>> {
-        let steal = steal && self.single_owner();
         match &self.backend {
-            Backend::Sqlite(s, _) => s.claim(owner, now, ttl, limit, steal).await,
+            Backend::Sqlite(s, _) => s.claim(owner, ttl, limit, steal).await,
+            Backend::Postgres(p, _) => p.claim(owner, ttl, limit).await,
         }
     }
 
-    /// Extends `owner`'s leases to `expires`; returns the workflows it still holds.
-    pub async fn renew(&self, owner: &str, expires: DateTime<Utc>) -> anyhow::Result<Vec<String>> {
+    /// Extends `owner`'s leases on the workflows `ids` by `ttl`; returns those it still holds
+    /// (a lease another instance took over is not renewed).
+    pub async fn renew(
+        &self,
+        owner: &str,
+        ids: &[String],
+        ttl: chrono::Duration,
+    ) -> anyhow::Result<Vec<String>> {
         match &self.backend {
-            Backend::Sqlite(s, _) => s.renew(owner, expires).await,
+            Backend::Sqlite(s, _) => s.renew(owner, ids, ttl).await,
+            Backend::Postgres(p, _) => p.renew(owner, ids, ttl).await,
         }
     }
 
@@ -270,6 +308,7 @@ impl Store {
     pub async fn release(&self, owner: &str, workflow_id: &str) -> anyhow::Result<()> {
         match &self.backend {
             Backend::Sqlite(s, _) => s.release(owner, workflow_id).await,
+            Backend::Postgres(p, _) => p.release(owner, workflow_id).await,
         }
     }
 }

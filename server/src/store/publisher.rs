@@ -10,7 +10,7 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::sync::{broadcast, mpsc};
 
-use super::{sqlite::SqliteStore, types::LiveEvent};
+use super::{postgres::PgStore, sqlite::SqliteStore, types::LiveEvent};
 
 /// Events read per page while catching up with the log.
 const PAGE: u32 = 1000;
@@ -24,12 +24,15 @@ const POLL: Duration = Duration::from_secs(1);
 pub(super) enum Log {
     /// An SQLite file.
     Sqlite(SqliteStore),
+    /// A Postgres database (woken by notifications of every instance's checkpoints).
+    Postgres(PgStore),
 }
 
 impl Log {
     async fn after(&self, id: i64) -> anyhow::Result<Vec<cairn::EventRecord>> {
         match self {
             Log::Sqlite(s) => s.events_after(None, id, PAGE).await,
+            Log::Postgres(p) => p.events_after(None, id, PAGE).await,
         }
     }
 }

@@ -9,16 +9,17 @@ use std::{str::FromStr, time::Duration};
 
 use anyhow::Context;
 use cairn::{EventRecord, WorkflowState};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use sqlx::{
-    Sqlite, SqlitePool,
+    Acquire, Sqlite, SqlitePool,
     pool::PoolConnection,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
 use super::{
     sqlite_ops,
-    types::{Claimed, ListQuery, WorkflowSummary},
+    types::{Change, Claimed, ListQuery, Outcome, Rejection, WorkflowSummary},
+    writer::GroupCommit,
 };
 
 /// The schema, compiled into the binary so a deployed `cairn` needs no files beside it.
@@ -149,24 +150,74 @@ impl SqliteStore {
     pub async fn claim(
         &self,
         owner: &str,
-        now: DateTime<Utc>,
         ttl: chrono::Duration,
         limit: u32,
         steal: bool,
     ) -> anyhow::Result<Vec<Claimed>> {
+        // One process owns the file, so its clock is the only one.
+        let now = Utc::now();
         let mut tx = self.write_pool.begin().await.context("beginning a claim")?;
         let claimed = sqlite_ops::claim(&mut tx, owner, now, ttl, limit, steal).await?;
         tx.commit().await.context("committing a claim")?;
         Ok(claimed)
     }
 
-    /// Extends `owner`'s leases to `expires`; returns the workflows it still holds.
-    pub async fn renew(&self, owner: &str, expires: DateTime<Utc>) -> anyhow::Result<Vec<String>> {
-        sqlite_ops::renew(&mut *self.writer().await?, owner, expires).await
+    /// Extends `owner`'s leases on `ids` by `ttl`; returns the workflows it still holds.
+    pub async fn renew(
+        &self,
+        owner: &str,
+        ids: &[String],
+        ttl: chrono::Duration,
+    ) -> anyhow::Result<Vec<String>> {
+        let expires = Utc::now() + ttl;
+        sqlite_ops::renew(&mut *self.writer().await?, owner, ids, expires).await
     }
 
     /// Gives up `owner`'s lease on a workflow.
     pub async fn release(&self, owner: &str, workflow_id: &str) -> anyhow::Result<()> {
         sqlite_ops::release(&mut *self.writer().await?, owner, workflow_id).await
     }
+}
+
+impl GroupCommit for SqliteStore {
+    /// One transaction for the whole group, each change in a savepoint of its own: one the
+    /// database refuses is undone alone and reported, and the rest of the group commits.
+    async fn commit_group(&self, changes: Vec<Change>) -> anyhow::Result<Vec<Outcome>> {
+        let mut tx = self
+            .write_pool
+            .begin()
+            .await
+            .context("beginning a checkpoint")?;
+        let mut outcomes = Vec::with_capacity(changes.len());
+        for change in changes {
+            let mut one = tx.begin().await.context("opening a savepoint")?;
+            let workflow_id = change.workflow_id.clone();
+            match sqlite_ops::apply_change(&mut one, change).await {
+                Ok(outcome) => {
+                    one.commit().await.context("releasing a savepoint")?;
+                    outcomes.push(outcome);
+                }
+                Err(e) if refused_value(&e) => {
+                    one.rollback().await.context("rolling back a savepoint")?;
+                    tracing::error!(workflow = %workflow_id, error = format!("{e:#}"), "the database refused a change");
+                    outcomes.push(Outcome::Rejected(Rejection::Unstorable(format!("{e:#}"))));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        tx.commit().await.context("committing a checkpoint")?;
+        Ok(outcomes)
+    }
+}
+
+/// Whether SQLite refused a value rather than failed: too big (`SQLITE_TOOBIG`) or a
+/// constraint (`SQLITE_CONSTRAINT` and its extended codes). Retrying such a change can never
+/// succeed; anything else (I/O, a full disk, a lost connection) fails the whole group, which
+/// is then retried.
+fn refused_value(e: &anyhow::Error) -> bool {
+    let Some(sqlx::Error::Database(db)) = e.downcast_ref::<sqlx::Error>() else {
+        return false;
+    };
+    let code = db.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or(0);
+    matches!(code & 0xff, 18 | 19)
 }

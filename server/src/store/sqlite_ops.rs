@@ -320,9 +320,10 @@ pub(super) async fn last_event_id(conn: &mut SqliteConnection) -> anyhow::Result
         .context("reading the last event id")
 }
 
-/// Takes leases on up to `limit` workflows that have work and no live owner. With `steal`, a
-/// lease held by another owner is taken even before it expires (SQLite: this process owns the
-/// file, so any other owner is a dead predecessor).
+/// Takes leases on up to `limit` workflows that have work and no live owner: no lease, or an
+/// expired one (this owner's own too: it let it lapse, so it holds nothing there any more).
+/// With `steal`, a lease held by another owner is taken even before it expires (SQLite: this
+/// process owns the file, so any other owner is a dead predecessor).
 pub(super) async fn claim(
     conn: &mut SqliteConnection,
     owner: &str,
@@ -335,7 +336,7 @@ pub(super) async fn claim(
         "SELECT w.id, w.state, l.owner AS lease_owner, l.epoch AS lease_epoch \
          FROM workflows w LEFT JOIN leases l ON l.workflow_id = w.id \
          WHERE w.status IN ('pending', 'running', 'stalled') \
-           AND (l.workflow_id IS NULL OR (l.owner <> ?1 AND (l.expires_at < ?2 OR ?3))) \
+           AND (l.workflow_id IS NULL OR l.expires_at < ?2 OR (l.owner <> ?1 AND ?3)) \
          ORDER BY w.created_at LIMIT ?4",
     )
     .bind(owner)
@@ -378,18 +379,25 @@ pub(super) async fn claim(
     Ok(claimed)
 }
 
-/// Extends every lease `owner` holds; returns the workflow ids it still holds.
+/// Extends the leases `owner` holds on `ids`; returns the ids it still holds. A lease it
+/// holds on a workflow it no longer runs is left to expire.
 pub(super) async fn renew(
     conn: &mut SqliteConnection,
     owner: &str,
+    ids: &[String],
     expires: DateTime<Utc>,
 ) -> anyhow::Result<Vec<String>> {
-    sqlx::query_scalar("UPDATE leases SET expires_at = ? WHERE owner = ? RETURNING workflow_id")
-        .bind(ts(expires))
-        .bind(owner)
-        .fetch_all(&mut *conn)
-        .await
-        .context("renewing leases")
+    let ids = serde_json::to_string(ids).context("encoding workflow ids")?;
+    sqlx::query_scalar(
+        "UPDATE leases SET expires_at = ?1 WHERE owner = ?2 \
+           AND workflow_id IN (SELECT value FROM json_each(?3)) RETURNING workflow_id",
+    )
+    .bind(ts(expires))
+    .bind(owner)
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await
+    .context("renewing leases")
 }
 
 /// Gives up a workflow (e.g. paused: nothing to run until a person decides).

@@ -1,8 +1,9 @@
-//! Group commit: one task owns the write path and folds every change that arrives while a
-//! commit is in flight into the next transaction.
+//! Group commit: one task owns an instance's write path and folds every change that arrives
+//! while a commit is in flight into the next transaction.
 //!
-//! SQLite has one writer at a time and each commit costs an fsync, so N callers each doing
-//! their own transaction would queue on the fsync; here they share it. Nobody is answered
+//! Each commit costs an fsync (SQLite's or Postgres's WAL flush), so N callers each doing
+//! their own transaction would queue on the fsync; here they share it. The backend says how
+//! a group is written ([`GroupCommit`]). Nobody is answered
 //! before the transaction that holds their change has committed; the publisher is woken
 //! after each commit to stream what it wrote.
 //!
@@ -14,15 +15,20 @@ use std::{
     time::Instant,
 };
 
-use anyhow::Context;
-use sqlx::Acquire;
-use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{
-    sqlite_ops,
-    types::{Change, Outcome, Rejection},
-};
+use super::types::{Change, Outcome};
+
+/// How a backend writes a group of changes: in one transaction (or as few as it must), with
+/// one outcome per change in order. A change the database refuses is answered
+/// [`super::Rejection::Unstorable`] without failing the others; an `Err` means nothing of
+/// the group was written (I/O, a lost connection) and every caller may try again.
+pub(super) trait GroupCommit: Clone + Send + Sync + 'static {
+    fn commit_group(
+        &self,
+        changes: Vec<Change>,
+    ) -> impl Future<Output = anyhow::Result<Vec<Outcome>>> + Send;
+}
 
 /// Requests merged into one transaction at most.
 const MAX_GROUP: usize = 256;
@@ -42,12 +48,12 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer task on `pool`; after each commit it wakes the publisher through
+    /// Starts the writer task on `backend`; after each commit it wakes the publisher through
     /// `published` (see [`super::publisher`]), which closes when the writer stops.
-    pub fn start(pool: SqlitePool, published: mpsc::Sender<()>) -> Self {
+    pub(super) fn start(backend: impl GroupCommit, published: mpsc::Sender<()>) -> Self {
         let (tx, rx) = mpsc::channel(1024);
         let latencies = Arc::new(Mutex::new(Vec::new()));
-        tokio::spawn(run(pool, rx, published, latencies.clone()));
+        tokio::spawn(run(backend, rx, published, latencies.clone()));
         Self { tx, latencies }
     }
 
@@ -70,7 +76,7 @@ impl Writer {
 }
 
 async fn run(
-    pool: SqlitePool,
+    backend: impl GroupCommit,
     mut rx: mpsc::Receiver<Batch>,
     published: mpsc::Sender<()>,
     latencies: Arc<Mutex<Vec<f64>>>,
@@ -83,8 +89,13 @@ async fn run(
                 Err(_) => break,
             }
         }
+        let sizes: Vec<usize> = group.iter().map(|b| b.changes.len()).collect();
+        let changes = group
+            .iter_mut()
+            .flat_map(|b| std::mem::take(&mut b.changes))
+            .collect();
         let started = Instant::now();
-        let result = commit_group(&pool, &mut group).await;
+        let result = backend.commit_group(changes).await;
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         if let Ok(mut l) = latencies.lock() {
             if l.len() >= LATENCY_SAMPLES {
@@ -96,8 +107,9 @@ async fn run(
             Ok(outcomes) => {
                 // Full means a wake-up is pending already: the publisher reads it all.
                 let _ = published.try_send(());
-                for (batch, outcome) in group.into_iter().zip(outcomes) {
-                    let _ = batch.reply.send(Ok(outcome));
+                let mut outcomes = outcomes.into_iter();
+                for (batch, n) in group.into_iter().zip(sizes) {
+                    let _ = batch.reply.send(Ok(outcomes.by_ref().take(n).collect()));
                 }
             }
             Err(e) => {
@@ -110,45 +122,4 @@ async fn run(
             }
         }
     }
-}
-
-async fn commit_group(pool: &SqlitePool, group: &mut [Batch]) -> anyhow::Result<Vec<Vec<Outcome>>> {
-    let mut tx = pool.begin().await.context("beginning a checkpoint")?;
-    let mut all = Vec::with_capacity(group.len());
-    for batch in group.iter_mut() {
-        let mut outcomes = Vec::with_capacity(batch.changes.len());
-        for change in std::mem::take(&mut batch.changes) {
-            // Each change in a savepoint of its own: one the database refuses is undone alone
-            // and reported, and the rest of the group commits.
-            let mut one = tx.begin().await.context("opening a savepoint")?;
-            let workflow_id = change.workflow_id.clone();
-            match sqlite_ops::apply_change(&mut one, change).await {
-                Ok(outcome) => {
-                    one.commit().await.context("releasing a savepoint")?;
-                    outcomes.push(outcome);
-                }
-                Err(e) if refused_value(&e) => {
-                    one.rollback().await.context("rolling back a savepoint")?;
-                    tracing::error!(workflow = %workflow_id, error = format!("{e:#}"), "the database refused a change");
-                    outcomes.push(Outcome::Rejected(Rejection::Unstorable(format!("{e:#}"))));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        all.push(outcomes);
-    }
-    tx.commit().await.context("committing a checkpoint")?;
-    Ok(all)
-}
-
-/// Whether the database refused a value rather than failed: too big (`SQLITE_TOOBIG`) or a
-/// constraint (`SQLITE_CONSTRAINT` and its extended codes). Retrying such a change can never
-/// succeed; anything else (I/O, a full disk, a lost connection) fails the whole group, which
-/// is then retried.
-fn refused_value(e: &anyhow::Error) -> bool {
-    let Some(sqlx::Error::Database(db)) = e.downcast_ref::<sqlx::Error>() else {
-        return false;
-    };
-    let code = db.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or(0);
-    matches!(code & 0xff, 18 | 19)
 }

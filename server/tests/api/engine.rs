@@ -1,4 +1,5 @@
-//! The engine driven step by step through `tick()`: no server, no sleeps.
+//! The engine driven step by step through `tick()`: no server, no sleeps. Each test runs on
+//! both backends (`sqlite::…` and `postgres::…`), each in a database of its own.
 
 use cairn::{Event, ParseOptions, StepStatus, WorkflowStatus};
 use serde_json::json;
@@ -8,23 +9,33 @@ use server::{
     store::{Change, Outcome, Store},
 };
 
-async fn store(dir: &tempfile::TempDir) -> Store {
-    Store::connect(&format!(
-        "sqlite://{}",
-        dir.path().join("cairn.db").display()
-    ))
-    .await
-    .unwrap()
-}
+use crate::store_suite::Db;
 
 fn engine(store: &Store, instance: &str, steal: bool) -> Engine {
+    engine_with_ttl(store, instance, steal, std::time::Duration::from_secs(30))
+}
+
+fn engine_with_ttl(
+    store: &Store,
+    instance: &str,
+    steal: bool,
+    lease_ttl: std::time::Duration,
+) -> Engine {
     let config = EngineConfig::from_toml(DEFAULT_CONFIG_TOML).unwrap();
     let settings = EngineSettings {
         steal_on_start: steal,
+        lease_ttl,
         ..EngineSettings::default()
     };
     Engine::new(store.clone(), &config, instance.into(), settings).0
 }
+
+crate::both_backends!(
+    ticking_runs_a_chain_to_completion_one_checkpoint_at_a_time,
+    a_result_from_an_engine_that_lost_its_lease_is_discarded,
+    live_events_come_from_the_log_whoever_wrote_them,
+    a_control_committed_elsewhere_reaches_the_engine_that_runs_the_workflow,
+);
 
 async fn create(store: &Store, spec: serde_json::Value) -> String {
     let spec = cairn::parse_spec_value(&spec, &ParseOptions::default()).unwrap();
@@ -35,10 +46,8 @@ async fn create(store: &Store, spec: serde_json::Value) -> String {
     id
 }
 
-#[tokio::test]
-async fn ticking_runs_a_chain_to_completion_one_checkpoint_at_a_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store(&dir).await;
+async fn ticking_runs_a_chain_to_completion_one_checkpoint_at_a_time(db: Db) {
+    let store = db.store().await;
     let id = create(
         &store,
         json!([
@@ -68,20 +77,22 @@ async fn ticking_runs_a_chain_to_completion_one_checkpoint_at_a_time() {
     assert_eq!(engine.owned_count(), 0, "a finished workflow is let go");
 }
 
-#[tokio::test]
-async fn a_result_from_an_engine_that_lost_its_lease_is_discarded() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store(&dir).await;
+async fn a_result_from_an_engine_that_lost_its_lease_is_discarded(db: Db) {
+    let store = db.store().await;
     let id = create(
         &store,
         json!({ "id": "s", "role": "developer", "task": "T", "params": { "duration_ms": 50 } }),
     )
     .await;
-    let mut old = engine(&store, "old", false);
+    let ttl = std::time::Duration::from_millis(300);
+    let mut old = engine_with_ttl(&store, "old", false, ttl);
     old.tick().await.unwrap(); // starts attempt 1 under epoch 1
 
-    // Another engine takes the workflow over (as after the old one stopped heartbeating).
-    let mut new = engine(&store, "new", true);
+    // Another engine (on its own connections, as another instance) takes the workflow over
+    // once the old one's lease has expired without renewal (by the database's clock).
+    tokio::time::sleep(ttl * 2).await;
+    let other = db.store().await;
+    let mut new = engine(&other, "new", true);
     let t = new.tick().await.unwrap();
     assert_eq!(t.claimed, 1);
 
@@ -121,13 +132,11 @@ async fn a_result_from_an_engine_that_lost_its_lease_is_discarded() {
     assert_eq!(starts[0].0, starts[1].0);
 }
 
-#[tokio::test]
-async fn live_events_come_from_the_log_whoever_wrote_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let reader = store(&dir).await;
+async fn live_events_come_from_the_log_whoever_wrote_them(db: Db) {
+    let reader = db.store().await;
     let mut live = reader.subscribe();
     // Another handle on the same database writes; this one only reads the log.
-    let writer = store(&dir).await;
+    let writer = db.store().await;
     let id = create(
         &writer,
         json!({ "id": "a", "role": "architect", "task": "A" }),
@@ -139,4 +148,62 @@ async fn live_events_come_from_the_log_whoever_wrote_them() {
         .unwrap();
     assert_eq!(event.workflow_id, id);
     assert_eq!(event.event.type_name(), "workflow.created");
+}
+
+/// A cancel committed by another instance (which does not hold the workflow, so it goes
+/// through the database with the fold as judge) stops the owner's attempt, and the owner lets
+/// the workflow go instead of committing the attempt's result.
+async fn a_control_committed_elsewhere_reaches_the_engine_that_runs_the_workflow(db: Db) {
+    let store = db.store().await;
+    let id = create(
+        &store,
+        json!({ "id": "s", "role": "developer", "task": "T", "params": { "duration_ms": 60000 } }),
+    )
+    .await;
+    let mut owner = engine(&store, "owner", false);
+    owner.tick().await.unwrap();
+    assert_eq!(owner.in_flight_count(), 1);
+
+    let elsewhere = db.store().await;
+    let mut other = engine(&elsewhere, "other", false);
+    let state = other
+        .control(
+            &id,
+            &server::engine::Control::Cancel {
+                reason: Some("enough".into()),
+            },
+            "someone",
+        )
+        .await
+        .unwrap();
+    assert_eq!(state.status, WorkflowStatus::Cancelled);
+    // A second cancel is refused by the same rule as on the owner.
+    let again = other
+        .control(&id, &server::engine::Control::Cancel { reason: None }, "x")
+        .await;
+    assert!(matches!(
+        again,
+        Err(server::engine::ControlError::Conflict(_))
+    ));
+
+    // The owner sees the cancel in the log, stops its attempt (a 60 s sleep) and lets go.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while owner.owned_count() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the owner never saw the cancel"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        owner.tick().await.unwrap();
+    }
+    let stopped =
+        tokio::time::timeout(std::time::Duration::from_secs(10), owner.wait_for_attempt())
+            .await
+            .expect("the attempt was not stopped");
+    assert!(stopped);
+    owner.tick().await.unwrap();
+    let events = store.history(&id, 0).await.unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e.event.type_name()).collect();
+    assert_eq!(kinds.last(), Some(&"workflow.cancelled"), "{kinds:?}");
+    assert!(!kinds.contains(&"step.completed") && !kinds.contains(&"step.failed"));
 }

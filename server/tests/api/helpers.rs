@@ -135,10 +135,27 @@ async fn start(
 /// child (kill it to stop) and its `http://127.0.0.1:PORT`, read from its start-up log line
 /// with a deadline rather than a sleep.
 pub fn serve_binary(db: &std::path::Path) -> (std::process::Child, String) {
+    serve_binary_on(&format!("sqlite://{}", db.display()), None)
+}
+
+/// Like [`serve_binary`], on any database URL and optionally with a `cairn.toml` of its own.
+pub fn serve_binary_on(
+    database_url: &str,
+    config: Option<&std::path::Path>,
+) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["serve", "--addr", "127.0.0.1:0", "--database-url"])
-        .arg(format!("sqlite://{}", db.display()))
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"));
+    cmd.args([
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--database-url",
+        database_url,
+    ]);
+    if let Some(config) = config {
+        cmd.arg("--config").arg(config);
+    }
+    let mut child = cmd
         .env("NO_COLOR", "1")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())

@@ -1,12 +1,15 @@
-//! Integration tests: the real server on port 0 against a fresh SQLite file, spoken to over
-//! HTTP; and the real `cairn` binary for what only a process shows (signals, exit codes).
+//! Integration tests: the real server on port 0 against a fresh SQLite file (or a fresh
+//! Postgres database), spoken to over HTTP; and the real `cairn` binary for what only a process shows (signals, exit codes).
 
 mod binary;
 mod crash;
 mod engine;
 mod health;
 mod helpers;
+mod instances;
 mod limits;
 mod pages;
+mod pg;
 mod sse;
+mod store_suite;
 mod workflows;

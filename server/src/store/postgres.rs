@@ -1,0 +1,875 @@
+//! Postgres: one database that any number of instances share.
+//!
+//! Reads go straight to a pool. Writes go through each instance's group commit
+//! ([`GroupCommit`]): a constant number of round trips per group, with array (`UNNEST`)
+//! inserts and upserts rather than a statement per row. The rules that decide whether a
+//! change applies are the backend-free [`decide`]; this module reads the rows it needs and
+//! writes the plan.
+//!
+//! What makes several instances safe:
+//! - **Row locks.** A checkpoint locks the `workflows` rows it changes (in id order) and only
+//!   then reads their leases, in a statement of its own so that it sees any takeover that
+//!   committed while it waited. A claim locks the same rows (`FOR UPDATE … SKIP LOCKED`), so
+//!   no takeover can commit between a checkpoint's lease check and its commit.
+//! - **The database's clock.** Lease expiries are set and compared with `now()`.
+//! - **Contiguous event ids.** A checkpoint takes its ids by adding to the one `log_head` row,
+//!   the last lock it takes (see `migrations/postgres/0001_init.sql`), so ids become visible
+//!   in order and a reader of `id > cursor` never skips one that commits late.
+//! - **Wake-ups.** Each checkpoint sends one `NOTIFY` with the newest id; every instance's
+//!   listener wakes its publisher, which reads the log from its cursor (and polls anyway).
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    str::FromStr,
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context;
+use cairn::{EventRecord, WorkflowState};
+use chrono::{DateTime, Utc};
+use sqlx::{
+    Connection, PgConnection, PgPool, Row,
+    postgres::{PgConnectOptions, PgListener, PgPoolOptions},
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    decide::{Facts, Plan, decide},
+    types::{Change, Claimed, Fence, ListQuery, Outcome, Rejection, WorkflowSummary},
+    writer::GroupCommit,
+};
+
+/// The schema cairn's tables live in unless the URL names another (`?schema=NAME`).
+pub const DEFAULT_SCHEMA: &str = "cairn";
+
+/// A migrated Postgres database.
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pool: PgPool,
+    /// For the listener's own connection.
+    options: Arc<PgConnectOptions>,
+    /// The `NOTIFY` channel of this schema's log.
+    channel: Arc<str>,
+}
+
+/// Splits cairn's own `schema` parameter off a database URL.
+fn split_schema(url: &str) -> anyhow::Result<(String, String)> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), DEFAULT_SCHEMA.to_string()));
+    };
+    let mut schema = DEFAULT_SCHEMA.to_string();
+    let mut rest = Vec::new();
+    for pair in query.split('&') {
+        match pair.strip_prefix("schema=") {
+            Some(name) => schema = name.to_string(),
+            None => rest.push(pair),
+        }
+    }
+    let valid = !schema.is_empty()
+        && schema.len() <= 63
+        && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !valid {
+        anyhow::bail!(
+            "invalid schema {schema:?} in the database URL: use lowercase letters, digits and _"
+        );
+    }
+    let url = if rest.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    Ok((url, schema))
+}
+
+impl PgStore {
+    /// Connects to the database named by `url` (`postgres://…`), creates cairn's schema if
+    /// needed and migrates it.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let (url, schema) = split_schema(url)?;
+        let options = PgConnectOptions::from_str(&url)
+            .context("parsing the database URL")?
+            .options([("search_path", schema.as_str())])
+            .application_name("cairn");
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await
+            .context("connecting to Postgres")?;
+        // The schema, compiled into the binary; applied in the schema the URL names.
+        let mut migrator = sqlx::migrate!("../migrations/postgres");
+        migrator.create_schema(schema.clone());
+        migrator.dangerous_set_table_name(format!("{schema}._sqlx_migrations"));
+        migrator
+            .run(&pool)
+            .await
+            .context("migrating the Postgres database")?;
+        Ok(Self {
+            pool,
+            options: Arc::new(options),
+            channel: format!("{schema}_events").into(),
+        })
+    }
+
+    /// The pool (benchmarks measure the commit floor on it).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Checks that the database answers a trivial query.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .context("pinging Postgres")?;
+        Ok(())
+    }
+
+    /// A workflow's committed state.
+    pub async fn load(&self, id: &str) -> anyhow::Result<Option<WorkflowState>> {
+        load_state(&mut *self.pool.acquire().await?, id).await
+    }
+
+    /// The newest stored whole output of a step.
+    pub async fn output(&self, workflow_id: &str, step_id: &str) -> anyhow::Result<Option<String>> {
+        let bytes: Option<Vec<u8>> = sqlx::query_scalar(
+            "SELECT output FROM outputs WHERE workflow_id = $1 AND step_id = $2 \
+             ORDER BY event_id DESC LIMIT 1",
+        )
+        .bind(workflow_id)
+        .bind(step_id)
+        .fetch_optional(&self.pool)
+        .await
+        .context("reading a step's output")?;
+        bytes
+            .map(|b| String::from_utf8(b).context("a stored output is not UTF-8"))
+            .transpose()
+    }
+
+    /// Workflow summaries, newest first.
+    pub async fn list(&self, q: &ListQuery) -> anyhow::Result<Vec<WorkflowSummary>> {
+        list(&mut *self.pool.acquire().await?, q).await
+    }
+
+    /// A workflow's events after `after`, in order.
+    pub async fn history(&self, id: &str, after: i64) -> anyhow::Result<Vec<EventRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, workflow_id, at, data FROM events \
+             WHERE workflow_id = $1 AND id > $2 ORDER BY id",
+        )
+        .bind(id)
+        .bind(after)
+        .fetch_all(&self.pool)
+        .await
+        .context("reading a workflow's events")?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    /// Events after `after`, of one workflow or of all, oldest first, at most `limit`. Ids
+    /// are visible as a contiguous prefix, so reading `id > after` never skips one.
+    pub async fn events_after(
+        &self,
+        workflow_id: Option<&str>,
+        after: i64,
+        limit: u32,
+    ) -> anyhow::Result<Vec<EventRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, workflow_id, at, data FROM events \
+             WHERE id > $1 AND ($2::text IS NULL OR workflow_id = $2) ORDER BY id LIMIT $3",
+        )
+        .bind(after)
+        .bind(workflow_id)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .context("reading events")?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    /// The newest committed event id (0 when empty).
+    pub async fn last_event_id(&self) -> anyhow::Result<i64> {
+        sqlx::query_scalar("SELECT last_id FROM log_head")
+            .fetch_one(&self.pool)
+            .await
+            .context("reading the last event id")
+    }
+
+    /// The newest workflows and the log position they reflect, read in one snapshot.
+    pub async fn workspace_snapshot(
+        &self,
+        limit: u32,
+    ) -> anyhow::Result<(i64, Vec<WorkflowSummary>)> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await.context("beginning a read")?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .context("beginning a read")?;
+        let last: i64 = sqlx::query_scalar("SELECT last_id FROM log_head")
+            .fetch_one(&mut *tx)
+            .await
+            .context("reading the last event id")?;
+        let q = ListQuery {
+            limit,
+            ..ListQuery::default()
+        };
+        let list = list(&mut tx, &q).await?;
+        tx.commit().await.context("ending a read")?;
+        Ok((last, list))
+    }
+
+    /// Takes leases on up to `limit` workflows that have work and no live owner, by the
+    /// database's clock. Rows another instance is checkpointing or claiming are skipped.
+    pub async fn claim(
+        &self,
+        owner: &str,
+        ttl: chrono::Duration,
+        limit: u32,
+    ) -> anyhow::Result<Vec<Claimed>> {
+        let rows = sqlx::query(
+            "WITH cand AS ( \
+               SELECT w.id, l.owner AS previous_owner FROM workflows w \
+               LEFT JOIN leases l ON l.workflow_id = w.id \
+               WHERE w.status IN ('pending', 'running', 'stalled') \
+                 AND (l.workflow_id IS NULL OR l.expires_at < now()) \
+               ORDER BY w.created_at LIMIT $2 \
+               FOR UPDATE OF w SKIP LOCKED), \
+             taken AS ( \
+               INSERT INTO leases (workflow_id, owner, epoch, expires_at) \
+               SELECT id, $1, 1, now() + $3 * interval '1 millisecond' FROM cand \
+               ON CONFLICT (workflow_id) DO UPDATE SET owner = excluded.owner, \
+                 epoch = leases.epoch + 1, expires_at = excluded.expires_at \
+                 WHERE leases.expires_at < now() \
+               RETURNING workflow_id, epoch) \
+             SELECT w.state, t.epoch, c.previous_owner FROM taken t \
+             JOIN cand c ON c.id = t.workflow_id JOIN workflows w ON w.id = t.workflow_id \
+             ORDER BY w.created_at",
+        )
+        .bind(owner)
+        .bind(limit as i64)
+        .bind(ttl.num_milliseconds())
+        .fetch_all(&self.pool)
+        .await
+        .context("claiming workflows")?;
+        rows.iter()
+            .map(|row| {
+                let state: WorkflowState = serde_json::from_str(row.get::<&str, _>("state"))
+                    .context("decoding a stored workflow state")?;
+                Ok(Claimed {
+                    state,
+                    fence: Fence {
+                        owner: owner.into(),
+                        epoch: row.get("epoch"),
+                    },
+                    previous_owner: row.get("previous_owner"),
+                })
+            })
+            .collect()
+    }
+
+    /// Extends `owner`'s leases on `ids` by `ttl` from the database's now; returns the ids it
+    /// still holds (fenced: a lease taken over is not renewed).
+    pub async fn renew(
+        &self,
+        owner: &str,
+        ids: &[String],
+        ttl: chrono::Duration,
+    ) -> anyhow::Result<Vec<String>> {
+        sqlx::query_scalar(
+            "UPDATE leases SET expires_at = now() + $3 * interval '1 millisecond' \
+             WHERE owner = $1 AND workflow_id = ANY($2) RETURNING workflow_id",
+        )
+        .bind(owner)
+        .bind(ids)
+        .bind(ttl.num_milliseconds())
+        .fetch_all(&self.pool)
+        .await
+        .context("renewing leases")
+    }
+
+    /// Gives up `owner`'s lease on a workflow.
+    pub async fn release(&self, owner: &str, workflow_id: &str) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM leases WHERE workflow_id = $1 AND owner = $2")
+            .bind(workflow_id)
+            .bind(owner)
+            .execute(&self.pool)
+            .await
+            .context("releasing a lease")?;
+        Ok(())
+    }
+
+    /// Starts the listener: every `NOTIFY` of a checkpoint (this instance's or another's)
+    /// wakes the publisher. A lost connection is reconnected, and the publisher is woken then
+    /// too, since notifications sent meanwhile are gone; it catches up from the table, and it
+    /// polls anyway, so a lost notification only delays.
+    /// It stops with `stop`.
+    pub(super) fn listen(&self, wake: mpsc::Sender<()>, stop: CancellationToken) {
+        let options = self.options.clone();
+        let channel = self.channel.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let result = tokio::select! {
+                    r = listen_once(&options, &channel, &wake) => r,
+                    _ = stop.cancelled() => return,
+                };
+                match result {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(
+                            error = format!("{e:#}"),
+                            "the Postgres listener stopped; reconnecting"
+                        );
+                        let _ = wake.try_send(());
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = stop.cancelled() => return,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Listens until the publisher is gone (`Ok`) or the connection fails for good (`Err`).
+async fn listen_once(
+    options: &PgConnectOptions,
+    channel: &str,
+    wake: &mpsc::Sender<()>,
+) -> anyhow::Result<()> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options.clone())
+        .await
+        .context("connecting the listener")?;
+    let mut listener = PgListener::connect_with(&pool)
+        .await
+        .context("connecting the listener")?;
+    listener
+        .listen(channel)
+        .await
+        .context("listening for checkpoints")?;
+    // Whatever was committed before the LISTEN took effect.
+    let _ = wake.try_send(());
+    loop {
+        let notification = tokio::select! {
+            n = listener.try_recv() => n.context("receiving a notification")?,
+            _ = wake.closed() => return Ok(()),
+        };
+        if notification.is_none() {
+            tracing::warn!("the Postgres listener reconnected; catching up from the log");
+        }
+        // Full means a wake-up is pending already.
+        let _ = wake.try_send(());
+    }
+}
+
+fn record_from_row(row: &sqlx::postgres::PgRow) -> anyhow::Result<EventRecord> {
+    Ok(EventRecord {
+        id: row.get("id"),
+        workflow_id: row.get("workflow_id"),
+        at: row.get("at"),
+        event: serde_json::from_str(row.get("data")).context("decoding a stored event")?,
+    })
+}
+
+async fn load_state(conn: &mut PgConnection, id: &str) -> anyhow::Result<Option<WorkflowState>> {
+    let json: Option<String> = sqlx::query_scalar("SELECT state FROM workflows WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("loading a workflow")?;
+    json.map(|j| serde_json::from_str(&j).context("decoding a stored workflow state"))
+        .transpose()
+}
+
+async fn list(conn: &mut PgConnection, q: &ListQuery) -> anyhow::Result<Vec<WorkflowSummary>> {
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT state FROM workflows \
+         WHERE ($1::text IS NULL OR status = $1) \
+           AND ($2::text IS NULL OR (created_at, id) < \
+                (SELECT created_at, id FROM workflows WHERE id = $2)) \
+         ORDER BY created_at DESC, id DESC LIMIT $3",
+    )
+    .bind(q.status.map(|s| s.as_str()))
+    .bind(q.before.as_deref())
+    .bind(q.limit as i64)
+    .fetch_all(&mut *conn)
+    .await
+    .context("listing workflows")?;
+    rows.iter()
+        .map(|json| {
+            let s: WorkflowState =
+                serde_json::from_str(json).context("decoding a stored workflow state")?;
+            Ok(WorkflowSummary::of(&s))
+        })
+        .collect()
+}
+
+impl GroupCommit for PgStore {
+    /// Commits the group in as few transactions as it can: one, unless a workflow appears in
+    /// it twice (each later change then goes in the next transaction, since its decision
+    /// depends on the earlier one's ids). If the database refuses a value (a data or
+    /// constraint error), the group is retried one change at a time, so the change at fault
+    /// is answered [`Rejection::Unstorable`] and the others commit.
+    async fn commit_group(&self, changes: Vec<Change>) -> anyhow::Result<Vec<Outcome>> {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; changes.len()];
+        let mut pending: Vec<(usize, Change)> = changes.into_iter().enumerate().collect();
+        while !pending.is_empty() {
+            let mut seen = HashSet::new();
+            let (round, later): (Vec<_>, Vec<_>) = pending
+                .into_iter()
+                .partition(|(_, c)| seen.insert(c.workflow_id.clone()));
+            pending = later;
+            let (slots, round): (Vec<usize>, Vec<Change>) = round.into_iter().unzip();
+            let results = match self.commit_round(round.clone()).await {
+                Ok(results) => results,
+                Err(e) if refused_value(&e) => {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "a checkpoint was refused; committing its changes one by one"
+                    );
+                    let mut results = Vec::with_capacity(round.len());
+                    for change in round {
+                        let workflow_id = change.workflow_id.clone();
+                        match self.commit_round(vec![change]).await {
+                            Ok(mut one) => results.push(one.remove(0)),
+                            Err(e) if refused_value(&e) => {
+                                tracing::error!(workflow = %workflow_id, error = format!("{e:#}"), "the database refused a change");
+                                results.push(Outcome::Rejected(Rejection::Unstorable(format!(
+                                    "{e:#}"
+                                ))));
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    results
+                }
+                Err(e) => return Err(e),
+            };
+            for (slot, outcome) in slots.into_iter().zip(results) {
+                outcomes[slot] = Some(outcome);
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.context("a change was left without an outcome"))
+            .collect()
+    }
+}
+
+/// What [`decide`] reads, from rows locked and read once for the whole round, plus what the
+/// round's earlier changes did (an idempotency key used twice in one group).
+struct RoundFacts<'c> {
+    conn: &'c mut PgConnection,
+    positions: HashMap<String, i64>,
+    leases: HashMap<String, (String, i64)>,
+    keys: HashMap<String, (String, String)>,
+}
+
+impl Facts for RoundFacts<'_> {
+    async fn idempotency_key(&mut self, key: &str) -> anyhow::Result<Option<(String, String)>> {
+        Ok(self.keys.get(key).cloned())
+    }
+
+    async fn lease(&mut self, workflow_id: &str) -> anyhow::Result<Option<(String, i64)>> {
+        Ok(self.leases.get(workflow_id).cloned())
+    }
+
+    async fn position(&mut self, workflow_id: &str) -> anyhow::Result<Option<i64>> {
+        Ok(self.positions.get(workflow_id).copied())
+    }
+
+    async fn state(&mut self, workflow_id: &str) -> anyhow::Result<Option<WorkflowState>> {
+        // Only for a change whose caller's state is outdated (a control from elsewhere came
+        // first): rare, so one read each. The row is locked already.
+        if !self.positions.contains_key(workflow_id) {
+            return Ok(None);
+        }
+        load_state(self.conn, workflow_id).await
+    }
+}
+
+/// The rows of one round, as arrays for `UNNEST`.
+#[derive(Default)]
+struct Rows {
+    event_ids: Vec<i64>,
+    event_workflows: Vec<String>,
+    event_types: Vec<&'static str>,
+    event_ats: Vec<DateTime<Utc>>,
+    event_data: Vec<String>,
+    output_events: Vec<i64>,
+    output_workflows: Vec<String>,
+    output_steps: Vec<String>,
+    output_bytes: Vec<i64>,
+    outputs: Vec<Vec<u8>>,
+    wf_ids: Vec<String>,
+    wf_names: Vec<String>,
+    wf_statuses: Vec<&'static str>,
+    wf_states: Vec<String>,
+    wf_created: Vec<DateTime<Utc>>,
+    wf_updated: Vec<DateTime<Utc>>,
+    wf_last: Vec<i64>,
+    wf_wake: Vec<Option<DateTime<Utc>>>,
+    step_workflows: Vec<String>,
+    step_ids: Vec<String>,
+    step_statuses: Vec<&'static str>,
+    step_attempts: Vec<i64>,
+    step_sessions: Vec<Option<String>>,
+    step_next: Vec<Option<DateTime<Utc>>>,
+    step_updated: Vec<DateTime<Utc>>,
+    key_keys: Vec<String>,
+    key_hashes: Vec<String>,
+    key_workflows: Vec<String>,
+    key_created: Vec<DateTime<Utc>>,
+    finished: Vec<String>,
+}
+
+impl Rows {
+    /// Assigns ids from `next` to a plan's events, folds them and adds its rows.
+    fn add(&mut self, plan: Plan, next: &mut i64) -> anyhow::Result<Outcome> {
+        let Plan {
+            workflow_id,
+            creating,
+            mut state,
+            events,
+            encoded,
+            outputs,
+            idempotency,
+        } = plan;
+        let mut outputs = outputs.into_iter().peekable();
+        let mut touched = BTreeSet::new();
+        let mut records = Vec::with_capacity(events.len());
+        for (i, (s, data)) in events.into_iter().zip(encoded).enumerate() {
+            let id = *next;
+            *next += 1;
+            if let Some(step) = s.event.step_id() {
+                touched.insert(step.to_string());
+            }
+            self.event_ids.push(id);
+            self.event_workflows.push(workflow_id.clone());
+            self.event_types.push(s.event.type_name());
+            self.event_ats.push(s.at);
+            self.event_data.push(data);
+            if let Some((_, output)) = outputs.next_if(|(k, _)| *k == i) {
+                self.output_events.push(id);
+                self.output_workflows.push(workflow_id.clone());
+                self.output_steps
+                    .push(s.event.step_id().unwrap_or_default().to_string());
+                self.output_bytes.push(output.len() as i64);
+                self.outputs.push(output.as_bytes().to_vec());
+            }
+            let rec = EventRecord {
+                id,
+                workflow_id: workflow_id.clone(),
+                at: s.at,
+                event: s.event,
+            };
+            state
+                .apply(&rec)
+                .context("an event that passed the dry run did not apply")?;
+            records.push(rec);
+        }
+
+        let now = state.updated_at.unwrap_or_else(Utc::now);
+        self.wf_ids.push(state.id.clone());
+        self.wf_names.push(state.name.clone());
+        self.wf_statuses.push(state.status.as_str());
+        self.wf_states
+            .push(serde_json::to_string(&state).context("encoding a workflow state")?);
+        self.wf_created.push(state.created_at.unwrap_or(now));
+        self.wf_updated.push(now);
+        self.wf_last.push(state.last_event_id);
+        self.wf_wake.push(state.next_wake());
+        // A manual retry resets descendants too, so on anything but a plain step event all
+        // steps are rewritten; otherwise only the ones the events named.
+        for step in &state.steps {
+            if !creating && !touched.is_empty() && !touched.contains(&step.id) {
+                continue;
+            }
+            self.step_workflows.push(state.id.clone());
+            self.step_ids.push(step.id.clone());
+            self.step_statuses.push(step.status.as_str());
+            self.step_attempts.push(step.attempt as i64);
+            self.step_sessions.push(step.session_id.clone());
+            self.step_next.push(step.next_attempt_at);
+            self.step_updated.push(now);
+        }
+        if let Some((key, hash)) = idempotency {
+            self.key_keys.push(key);
+            self.key_hashes.push(hash);
+            self.key_workflows.push(workflow_id.clone());
+            self.key_created.push(now);
+        }
+        if state.status.is_terminal() {
+            self.finished.push(workflow_id);
+        }
+        Ok(Outcome::Committed {
+            records,
+            state: Box::new(state),
+        })
+    }
+}
+
+impl PgStore {
+    /// One transaction: lock, read, decide, write, notify, commit. Each workflow appears at
+    /// most once in `changes`.
+    async fn commit_round(&self, changes: Vec<Change>) -> anyhow::Result<Vec<Outcome>> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .context("acquiring a connection")?;
+        let mut tx = conn.begin().await.context("beginning a checkpoint")?;
+
+        // 1. Lock the rows of the workflows that exist, in id order (no deadlocks between
+        //    instances), then read their leases in a statement of its own: it sees a takeover
+        //    that committed while this one waited for the locks.
+        let ids: Vec<String> = changes
+            .iter()
+            .map(|c| c.workflow_id.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let positions: HashMap<String, i64> = sqlx::query_as(
+            "SELECT id, last_event_id FROM workflows WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await
+        .context("locking workflows")?
+        .into_iter()
+        .collect();
+        let leases: HashMap<String, (String, i64)> = sqlx::query_as::<_, (String, String, i64)>(
+            "SELECT workflow_id, owner, epoch FROM leases WHERE workflow_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await
+        .context("checking leases")?
+        .into_iter()
+        .map(|(id, owner, epoch)| (id, (owner, epoch)))
+        .collect();
+
+        // 2. Idempotency keys: locked by value (two instances given the same key at once
+        //    decide one after the other), then read.
+        let key_list: Vec<String> = changes
+            .iter()
+            .filter_map(|c| c.idempotency.as_ref().map(|(k, _)| k.clone()))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut keys = HashMap::new();
+        if !key_list.is_empty() {
+            sqlx::query(
+                "SELECT pg_advisory_xact_lock(hashtextextended(k, 7)) \
+                 FROM unnest($1::text[]) AS k ORDER BY k",
+            )
+            .bind(&key_list)
+            .execute(&mut *tx)
+            .await
+            .context("locking idempotency keys")?;
+            keys = sqlx::query_as::<_, (String, String, String)>(
+                "SELECT key, request_hash, workflow_id FROM idempotency_keys WHERE key = ANY($1)",
+            )
+            .bind(&key_list)
+            .fetch_all(&mut *tx)
+            .await
+            .context("looking up idempotency keys")?
+            .into_iter()
+            .map(|(k, h, w)| (k, (h, w)))
+            .collect();
+        }
+
+        // 3. Decide every change on what was read.
+        let mut facts = RoundFacts {
+            conn: &mut tx,
+            positions,
+            leases,
+            keys,
+        };
+        let mut decided: Vec<Result<Plan, Rejection>> = Vec::with_capacity(changes.len());
+        for change in changes {
+            let plan = decide(&mut facts, change).await?;
+            if let Ok(plan) = &plan
+                && let Some((key, hash)) = &plan.idempotency
+            {
+                facts
+                    .keys
+                    .insert(key.clone(), (hash.clone(), plan.workflow_id.clone()));
+            }
+            decided.push(plan);
+        }
+        let total: i64 = decided
+            .iter()
+            .filter_map(|d| d.as_ref().ok())
+            .map(|p| p.events.len() as i64)
+            .sum();
+        if total == 0 {
+            tx.rollback().await.context("ending a checkpoint")?;
+            return decided
+                .into_iter()
+                .map(|d| match d {
+                    Ok(_) => anyhow::bail!("a change with no events"),
+                    Err(r) => Ok(Outcome::Rejected(r)),
+                })
+                .collect();
+        }
+
+        // 4. Take the ids: the log head's row lock is the last lock taken.
+        let first: i64 = sqlx::query_scalar(
+            "UPDATE log_head SET last_id = last_id + $1 RETURNING last_id - $1 + 1",
+        )
+        .bind(total)
+        .fetch_one(&mut *tx)
+        .await
+        .context("taking event ids")?;
+        let mut next = first;
+        let mut rows = Rows::default();
+        let mut outcomes = Vec::with_capacity(decided.len());
+        for d in decided {
+            outcomes.push(match d {
+                Ok(plan) => rows.add(plan, &mut next)?,
+                Err(r) => Outcome::Rejected(r),
+            });
+        }
+
+        // 5. Write every table with one statement each.
+        sqlx::query(
+            "INSERT INTO events (id, workflow_id, type, at, data) \
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])",
+        )
+        .bind(&rows.event_ids)
+        .bind(&rows.event_workflows)
+        .bind(&rows.event_types)
+        .bind(&rows.event_ats)
+        .bind(&rows.event_data)
+        .execute(&mut *tx)
+        .await
+        .context("appending events")?;
+        if !rows.outputs.is_empty() {
+            sqlx::query(
+                "INSERT INTO outputs (event_id, workflow_id, step_id, bytes, output) \
+                 SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bytea[])",
+            )
+            .bind(&rows.output_events)
+            .bind(&rows.output_workflows)
+            .bind(&rows.output_steps)
+            .bind(&rows.output_bytes)
+            .bind(&rows.outputs)
+            .execute(&mut *tx)
+            .await
+            .context("storing outputs")?;
+        }
+        sqlx::query(
+            "INSERT INTO workflows (id, name, status, state, created_at, updated_at, last_event_id, next_wake_at) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], \
+                                  $6::timestamptz[], $7::bigint[], $8::timestamptz[]) \
+             ON CONFLICT (id) DO UPDATE SET status = excluded.status, state = excluded.state, \
+               updated_at = excluded.updated_at, last_event_id = excluded.last_event_id, \
+               next_wake_at = excluded.next_wake_at",
+        )
+        .bind(&rows.wf_ids)
+        .bind(&rows.wf_names)
+        .bind(&rows.wf_statuses)
+        .bind(&rows.wf_states)
+        .bind(&rows.wf_created)
+        .bind(&rows.wf_updated)
+        .bind(&rows.wf_last)
+        .bind(&rows.wf_wake)
+        .execute(&mut *tx)
+        .await
+        .context("updating workflow projections")?;
+        if !rows.step_ids.is_empty() {
+            sqlx::query(
+                "INSERT INTO steps (workflow_id, step_id, status, attempt, session_id, next_attempt_at, updated_at) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], \
+                                      $6::timestamptz[], $7::timestamptz[]) \
+                 ON CONFLICT (workflow_id, step_id) DO UPDATE SET status = excluded.status, \
+                   attempt = excluded.attempt, session_id = excluded.session_id, \
+                   next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at",
+            )
+            .bind(&rows.step_workflows)
+            .bind(&rows.step_ids)
+            .bind(&rows.step_statuses)
+            .bind(&rows.step_attempts)
+            .bind(&rows.step_sessions)
+            .bind(&rows.step_next)
+            .bind(&rows.step_updated)
+            .execute(&mut *tx)
+            .await
+            .context("updating step projections")?;
+        }
+        if !rows.key_keys.is_empty() {
+            sqlx::query(
+                "INSERT INTO idempotency_keys (key, request_hash, workflow_id, created_at) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[])",
+            )
+            .bind(&rows.key_keys)
+            .bind(&rows.key_hashes)
+            .bind(&rows.key_workflows)
+            .bind(&rows.key_created)
+            .execute(&mut *tx)
+            .await
+            .context("recording idempotency keys")?;
+        }
+        if !rows.finished.is_empty() {
+            // Nothing left to run: no instance needs to hold them.
+            sqlx::query("DELETE FROM leases WHERE workflow_id = ANY($1)")
+                .bind(&rows.finished)
+                .execute(&mut *tx)
+                .await
+                .context("releasing finished workflows' leases")?;
+        }
+        // One notification per checkpoint, ids only: listeners read the log themselves.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(&*self.channel)
+            .bind((next - 1).to_string())
+            .execute(&mut *tx)
+            .await
+            .context("notifying listeners")?;
+        tx.commit().await.context("committing a checkpoint")?;
+        Ok(outcomes)
+    }
+}
+
+/// Whether Postgres refused a value rather than failed: a data exception (class 22: a NUL in
+/// text, a value out of range), an integrity violation (23) or a size limit (54). Retrying
+/// such a change can never succeed; anything else (a lost connection, a restart, a deadlock)
+/// fails the group, which is then retried.
+fn refused_value(e: &anyhow::Error) -> bool {
+    let Some(sqlx::Error::Database(db)) = e.downcast_ref::<sqlx::Error>() else {
+        return false;
+    };
+    db.code()
+        .is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("54"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schema_parameter_is_cairns_own() {
+        let (url, schema) = split_schema("postgres://u@h/db").unwrap();
+        assert_eq!(
+            (url.as_str(), schema.as_str()),
+            ("postgres://u@h/db", "cairn")
+        );
+        let (url, schema) =
+            split_schema("postgres://u@h/db?sslmode=disable&schema=team_a").unwrap();
+        assert_eq!(
+            (url.as_str(), schema.as_str()),
+            ("postgres://u@h/db?sslmode=disable", "team_a")
+        );
+        assert!(split_schema("postgres://u@h/db?schema=a;drop").is_err());
+        assert!(split_schema("postgres://u@h/db?schema=").is_err());
+    }
+}

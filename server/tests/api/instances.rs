@@ -1,0 +1,207 @@
+//! Three real `cairn serve` processes on one Postgres database: the work spreads over them,
+//! one is SIGKILLed mid-step, and its workflows finish on the others with nothing completed
+//! twice, while an SSE client on a survivor sees every event exactly once, in order.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+use crate::{helpers::serve_binary_on, pg::TestDb, sse::Sse};
+
+/// Kills the child when the test ends, however it ends.
+struct Server {
+    child: std::process::Child,
+    url: String,
+    instance: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn serve(db: &TestDb, config: &std::path::Path) -> Server {
+    let (child, url) = serve_binary_on(&db.url, Some(config));
+    let health: Value = reqwest::get(format!("{url}/api/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["store"], "postgres", "{health}");
+    let instance = health["instance"].as_str().unwrap().to_string();
+    Server {
+        child,
+        url,
+        instance,
+    }
+}
+
+fn chain(name: &str) -> Value {
+    let steps: Vec<Value> = (0..3)
+        .map(|i| {
+            let mut s = json!({
+                "id": format!("s{i}"), "role": "developer", "task": format!("step {i}"),
+                "params": { "duration_ms": 700 }
+            });
+            if i > 0 {
+                s["deps"] = json!([format!("s{}", i - 1)]);
+            }
+            s
+        })
+        .collect();
+    json!({ "name": name, "steps": steps })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_share_the_work_and_one_killed_mid_step_loses_nothing() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cairn.toml");
+    // A short lease: the killed instance's workflows are taken over within ~2 s.
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[engine]\nlease_ttl_ms = 2000\n",
+            server::config::DEFAULT_CONFIG_TOML
+        ),
+    )
+    .unwrap();
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        servers.push(serve(&db, &config).await);
+    }
+    let instances: BTreeSet<&str> = servers.iter().map(|s| s.instance.as_str()).collect();
+    assert_eq!(instances.len(), 3, "each instance has an id of its own");
+
+    // A browser on the instance that survives, from before anything starts.
+    let mut sse = Sse::connect_url(&format!("{}/api/events", servers[2].url)).await;
+    let snapshot = sse.next_event(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(snapshot.event.as_deref(), Some("snapshot"));
+    let from: i64 = snapshot.id.unwrap().parse().unwrap();
+
+    // Workflows started on all three.
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for i in 0..9 {
+        let server = &servers[i % 3];
+        let resp = client
+            .post(format!("{}/api/workflows", server.url))
+            .json(&chain(&format!("wf{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+        let body: Value = resp.json().await.unwrap();
+        ids.push(body["id"].as_str().unwrap().to_string());
+    }
+
+    // The work spreads: each instance holds leases. Then the first is killed mid-step.
+    let mut admin = db.connect().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let owners = loop {
+        let owners: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT owner FROM cairn.leases ORDER BY owner")
+                .fetch_all(&mut admin)
+                .await
+                .unwrap();
+        if owners.len() == 3 || Instant::now() > deadline {
+            break owners;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(owners.len(), 3, "the work did not spread: {owners:?}");
+    let victim = servers.remove(0);
+    let victim_id = victim.instance.clone();
+    let held: Vec<String> =
+        sqlx::query_scalar("SELECT workflow_id FROM cairn.leases WHERE owner = $1")
+            .bind(&victim_id)
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+    assert!(!held.is_empty());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim.child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    drop(victim);
+
+    // Every workflow finishes on the survivors; a control sent to either works for any.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for id in &ids {
+        loop {
+            let s: Value = client
+                .get(format!("{}/api/workflows/{id}", servers[0].url))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if s["status"] == "completed" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{id} never completed: {s}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // Nothing completed twice; the victim's workflows were taken over with the events that
+    // say so.
+    let mut taken_over = 0;
+    for id in &ids {
+        let h: Value = client
+            .get(format!("{}/api/workflows/{id}/history", servers[1].url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let events = h["events"].as_array().unwrap();
+        let mut completed: BTreeMap<String, usize> = BTreeMap::new();
+        for e in events {
+            if e["type"] == "step.completed" {
+                *completed
+                    .entry(e["step_id"].as_str().unwrap().to_string())
+                    .or_default() += 1;
+            }
+        }
+        assert_eq!(completed.len(), 3, "{id}: {completed:?}");
+        assert!(
+            completed.values().all(|n| *n == 1),
+            "{id} ran a step twice: {completed:?}"
+        );
+        let stalled = events
+            .iter()
+            .any(|e| e["type"] == "workflow.stalled" && e["previous_owner"] == victim_id.as_str());
+        if held.contains(id) {
+            assert!(stalled, "{id} was the victim's but was not taken over");
+            assert!(events.iter().any(|e| e["type"] == "workflow.resumed"));
+            taken_over += 1;
+        }
+    }
+    assert!(taken_over > 0);
+
+    // The survivor's stream carried every event of every instance once, in id order.
+    let logged: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM cairn.events WHERE id > $1 ORDER BY id")
+            .bind(from)
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+    let mut streamed = Vec::new();
+    while streamed.len() < logged.len() {
+        let Some(f) = sse.next_event(Duration::from_secs(10)).await else {
+            break;
+        };
+        streamed.push(f.id.unwrap().parse::<i64>().unwrap());
+    }
+    assert_eq!(streamed, logged);
+}

@@ -1,0 +1,434 @@
+//! The store's behaviour, the same on both backends: each test in [`both_backends!`] runs once
+//! on a fresh SQLite file and once on a fresh Postgres database. Then what only Postgres has:
+//! writers racing on one log while a reader tails it, and a listener whose connection dies.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use cairn::{Event, ParseOptions};
+use chrono::Utc;
+use serde_json::json;
+use server::store::{Change, Outcome, Rejection, Stamped, Store};
+
+use crate::pg::TestDb;
+
+/// A fresh database of either backend, alive as long as this value.
+pub enum Db {
+    Sqlite(tempfile::TempDir),
+    Postgres(TestDb),
+}
+
+impl Db {
+    pub fn sqlite() -> Self {
+        Db::Sqlite(tempfile::tempdir().unwrap())
+    }
+
+    pub async fn postgres() -> Self {
+        Db::Postgres(TestDb::new().await)
+    }
+
+    /// The database URL, as `--database-url` takes it.
+    pub fn url(&self) -> String {
+        match self {
+            Db::Sqlite(dir) => format!("sqlite://{}", dir.path().join("cairn.db").display()),
+            Db::Postgres(db) => db.url.clone(),
+        }
+    }
+
+    /// A new handle on the database: its own connections, publisher and writer, as another
+    /// instance would have.
+    pub async fn store(&self) -> Store {
+        Store::connect(&self.url()).await.unwrap()
+    }
+
+    /// Another instance writing beside `store`: on Postgres a handle of its own; on SQLite,
+    /// whose file one process owns (every write goes through its one writer), `store` itself.
+    pub async fn peer(&self, store: &Store) -> Store {
+        match self {
+            Db::Sqlite(_) => store.clone(),
+            Db::Postgres(_) => self.store().await,
+        }
+    }
+}
+
+/// For each `async fn name(db: Db)` listed, a test `sqlite::name` and a test
+/// `postgres::name`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::store_suite::Db::sqlite()).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::store_suite::Db::postgres().await).await
+                }
+            )*
+        }
+    };
+}
+
+crate::both_backends!(
+    a_checkpoint_is_durable_and_folds_into_the_stored_state,
+    an_idempotency_key_answers_every_instance_with_the_first_workflow,
+    a_stale_or_unknown_change_is_refused_and_leaves_no_trace,
+    whole_outputs_are_stored_beside_the_log,
+    the_workspace_snapshot_and_the_log_agree,
+    only_one_instance_claims_a_workflow,
+);
+
+fn spec(steps: serde_json::Value) -> cairn::ValidSpec {
+    cairn::parse_spec_value(&steps, &ParseOptions::default()).unwrap()
+}
+
+async fn create(store: &Store) -> String {
+    let change = Change::created(
+        spec(json!({ "id": "a", "role": "architect", "task": "A" })),
+        None,
+        None,
+    );
+    let id = change.workflow_id.clone();
+    let out = store.commit(vec![change]).await.unwrap();
+    assert!(matches!(out[0], Outcome::Committed { .. }), "{out:?}");
+    id
+}
+
+fn event(id: &str, event: Event) -> Change {
+    Change {
+        workflow_id: id.into(),
+        fence: None,
+        events: vec![Stamped {
+            at: Utc::now(),
+            event,
+        }],
+        outputs: Vec::new(),
+        idempotency: None,
+        base: None,
+    }
+}
+
+async fn a_checkpoint_is_durable_and_folds_into_the_stored_state(db: Db) {
+    let store = db.store().await;
+    let id = create(&store).await;
+    let out = store
+        .commit(vec![event(&id, Event::WorkflowStarted {})])
+        .await
+        .unwrap();
+    let Outcome::Committed { records, state } = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(state.status, cairn::WorkflowStatus::Running);
+    assert_eq!(state.last_event_id, records[0].id);
+    drop(store);
+    // Another handle (a restart, or another instance) reads the same.
+    let again = db.store().await;
+    let loaded = again.load(&id).await.unwrap().unwrap();
+    assert_eq!(loaded, **state, "the stored state is the folded one");
+    let history = again.history(&id, 0).await.unwrap();
+    let kinds: Vec<&str> = history.iter().map(|e| e.event.type_name()).collect();
+    assert_eq!(kinds, ["workflow.created", "workflow.started"]);
+    assert_eq!(again.history(&id, history[0].id).await.unwrap().len(), 1);
+}
+
+async fn an_idempotency_key_answers_every_instance_with_the_first_workflow(db: Db) {
+    let a = db.store().await;
+    let b = db.peer(&a).await;
+    let make = |hash: &str| {
+        Change::created(
+            spec(json!({ "id": "a", "role": "architect", "task": "A" })),
+            None,
+            Some(("key-1".into(), hash.into())),
+        )
+    };
+    // The same key sent to two instances at once: one workflow.
+    let (x, y) = tokio::join!(a.commit(vec![make("h")]), b.commit(vec![make("h")]));
+    let outcomes: Vec<Outcome> = x.unwrap().into_iter().chain(y.unwrap()).collect();
+    let made: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| matches!(o, Outcome::Committed { .. }))
+        .collect();
+    assert_eq!(made.len(), 1, "{outcomes:?}");
+    let Outcome::Committed { state, .. } = made[0] else {
+        unreachable!()
+    };
+    let first = state.id.clone();
+    assert!(outcomes.iter().any(
+        |o| matches!(o, Outcome::Rejected(Rejection::IdempotentReplay(Some(w))) if *w == first)
+    ));
+    // Twice in one group, and with another request under the same key.
+    let out = a.commit(vec![make("h"), make("other")]).await.unwrap();
+    assert!(
+        matches!(&out[0], Outcome::Rejected(Rejection::IdempotentReplay(Some(w))) if *w == first)
+    );
+    assert!(matches!(
+        &out[1],
+        Outcome::Rejected(Rejection::IdempotentReplay(None))
+    ));
+}
+
+async fn a_stale_or_unknown_change_is_refused_and_leaves_no_trace(db: Db) {
+    let store = db.store().await;
+    let id = create(&store).await;
+    let before = store.events_after(None, 0, 100).await.unwrap().len();
+    let out = store
+        .commit(vec![
+            // Does not fit: a workflow that never started cannot complete.
+            event(&id, Event::WorkflowCompleted {}),
+            event("wf_unknown", Event::WorkflowStarted {}),
+            // In the same group, a change that applies still commits.
+            event(&id, Event::WorkflowStarted {}),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        matches!(out[0], Outcome::Rejected(Rejection::DoesNotApply(_))),
+        "{out:?}"
+    );
+    assert!(matches!(
+        out[1],
+        Outcome::Rejected(Rejection::UnknownWorkflow)
+    ));
+    assert!(matches!(out[2], Outcome::Committed { .. }));
+    let log = store.events_after(None, 0, 100).await.unwrap();
+    assert_eq!(log.len(), before + 1);
+    let ids: Vec<i64> = log.iter().map(|e| e.id).collect();
+    assert_eq!(ids, (1..=log.len() as i64).collect::<Vec<_>>(), "no gaps");
+}
+
+async fn whole_outputs_are_stored_beside_the_log(db: Db) {
+    let store = db.store().await;
+    let id = create(&store).await;
+    // A NUL and multi-byte text survive on both backends.
+    let output: String = "résumé\0".repeat(2000);
+    let started = Event::StepStarted {
+        step_id: "a".into(),
+        attempt: 1,
+        task: "A".into(),
+        task_bytes: None,
+        session_id: None,
+    };
+    let mut change = event(&id, Event::WorkflowStarted {});
+    change.events.push(Stamped {
+        at: Utc::now(),
+        event: started,
+    });
+    change.events.push(Stamped {
+        at: Utc::now(),
+        event: Event::StepCompleted {
+            step_id: "a".into(),
+            attempt: 1,
+            output: output.clone(),
+            output_bytes: None,
+            session_id: None,
+            duration_ms: 1,
+        },
+    });
+    let out = store.commit(vec![change]).await.unwrap();
+    let Outcome::Committed { state, .. } = &out[0] else {
+        panic!("{out:?}")
+    };
+    let step = state.step("a").unwrap();
+    assert!(step.output_is_cut());
+    assert_eq!(step.output_bytes, Some(output.len() as u64));
+    assert_eq!(
+        store.output(&id, "a").await.unwrap().as_deref(),
+        Some(&*output)
+    );
+}
+
+async fn the_workspace_snapshot_and_the_log_agree(db: Db) {
+    let store = db.store().await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(create(&store).await);
+    }
+    let (last, list) = store.workspace_snapshot(10).await.unwrap();
+    let log = store.events_after(None, 0, 100).await.unwrap();
+    assert_eq!(last, log.last().unwrap().id);
+    assert_eq!(list.len(), 3);
+    // Newest first, and pages continue where they stop.
+    let newest: Vec<&str> = list.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(
+        newest,
+        ids.iter().rev().map(|s| s.as_str()).collect::<Vec<_>>()
+    );
+    let page = store
+        .list(&server::store::ListQuery {
+            limit: 10,
+            before: Some(ids[2].clone()),
+            status: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 2);
+}
+
+async fn only_one_instance_claims_a_workflow(db: Db) {
+    let a = db.store().await;
+    let b = db.peer(&a).await;
+    for _ in 0..20 {
+        create(&a).await;
+    }
+    let ttl = chrono::Duration::seconds(30);
+    let (x, y) = tokio::join!(a.claim("a", ttl, 15, false), b.claim("b", ttl, 15, false));
+    let (x, y) = (x.unwrap(), y.unwrap());
+    let mine: BTreeSet<String> = x.iter().map(|c| c.state.id.clone()).collect();
+    let theirs: BTreeSet<String> = y.iter().map(|c| c.state.id.clone()).collect();
+    assert!(mine.is_disjoint(&theirs), "a workflow was claimed twice");
+    assert_eq!(mine.len() + theirs.len(), 20);
+    // Renewal is fenced: an instance renews only what it holds.
+    let all: Vec<String> = mine.iter().chain(&theirs).cloned().collect();
+    let renewed = a.renew("a", &all, ttl).await.unwrap();
+    assert_eq!(renewed.into_iter().collect::<BTreeSet<_>>(), mine);
+    // Nothing is left to claim while the leases live.
+    assert!(b.claim("c", ttl, 100, false).await.unwrap().is_empty());
+}
+
+/// Writers on separate connections race to append while a reader tails the log with
+/// `id > cursor`, the way an SSE client resumes: with ids that could commit out of order the
+/// reader would skip one for good. It must see every id exactly once, in order.
+#[tokio::test]
+async fn racing_writers_never_hide_an_event_from_a_tailing_reader() {
+    let db = TestDb::new().await;
+    let writers: Vec<Store> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(Store::connect(&db.url).await.unwrap());
+        }
+        v
+    };
+    let reader = Store::connect(&db.url).await.unwrap();
+    let mut live = reader.subscribe();
+    const PER_WRITER: usize = 150;
+    let total = writers.len() * PER_WRITER;
+    let tail = {
+        let reader = reader.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::with_capacity(total);
+            let mut cursor = 0;
+            while seen.len() < total {
+                let page = reader.events_after(None, cursor, 97).await.unwrap();
+                for e in page {
+                    seen.push(e.id);
+                    cursor = e.id;
+                }
+                tokio::task::yield_now().await;
+            }
+            seen
+        })
+    };
+    let mut tasks = Vec::new();
+    for w in writers {
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..PER_WRITER / 3 {
+                // Three concurrent commits per writer: groups of varying size.
+                let changes = (0..3).map(|_| {
+                    Change::created(
+                        cairn::parse_spec_value(
+                            &json!({ "id": "a", "role": "architect", "task": "A" }),
+                            &ParseOptions::default(),
+                        )
+                        .unwrap(),
+                        None,
+                        None,
+                    )
+                });
+                let commits: Vec<_> = changes.map(|c| w.commit(vec![c])).collect();
+                for out in futures::future::join_all(commits).await {
+                    assert!(matches!(out.unwrap()[0], Outcome::Committed { .. }));
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let seen = tokio::time::timeout(Duration::from_secs(60), tail)
+        .await
+        .expect("the reader never caught up")
+        .unwrap();
+    assert_eq!(seen, (1..=total as i64).collect::<Vec<_>>());
+    // The live feed (the publisher, woken by notifications) saw the same, in the same order.
+    let mut published = Vec::new();
+    while published.len() < total {
+        let e = tokio::time::timeout(Duration::from_secs(10), live.recv())
+            .await
+            .expect("the live feed stopped")
+            .unwrap();
+        published.push(e.id);
+    }
+    assert_eq!(published, seen);
+}
+
+/// The listener's connection is killed: it reconnects and events keep flowing.
+#[tokio::test]
+async fn events_keep_flowing_when_the_listeners_connection_is_killed() {
+    let db = TestDb::new().await;
+    let reader = Store::connect(&db.url).await.unwrap();
+    let writer = Store::connect(&db.url).await.unwrap();
+    let mut live = reader.subscribe();
+    let mut admin = db.connect().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut pids = listeners(&mut admin, &db).await;
+    while pids.len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no listeners: {pids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        pids = listeners(&mut admin, &db).await;
+    }
+    let killed: Vec<bool> =
+        sqlx::query_scalar("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid")
+            .bind(&pids)
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+    assert!(killed.iter().all(|k| *k));
+
+    let mut made = BTreeSet::new();
+    for _ in 0..5 {
+        made.insert(create(&writer).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut seen = BTreeSet::new();
+    while seen.len() < made.len() {
+        let e = tokio::time::timeout(Duration::from_secs(10), live.recv())
+            .await
+            .expect("events stopped flowing")
+            .unwrap();
+        seen.insert(e.workflow_id.clone());
+    }
+    assert_eq!(seen, made);
+    // And the listeners are back (new connections), so wake-ups are prompt again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = listeners(&mut admin, &db).await;
+        if now.len() >= 2 && now.iter().all(|p| !pids.contains(p)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "listeners never came back: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The backends listening for checkpoints on the test database.
+async fn listeners(admin: &mut sqlx::PgConnection, db: &TestDb) -> Vec<i32> {
+    let name = db.url.rsplit('/').next().unwrap().to_string();
+    sqlx::query_scalar::<_, i32>(
+        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN%'",
+    )
+    .bind(name)
+    .fetch_all(admin)
+    .await
+    .unwrap()
+}
