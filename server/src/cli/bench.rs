@@ -2,7 +2,9 @@
 //!
 //! Each workload runs the real engine against a real SQLite file (fresh, in a temporary
 //! folder, `synchronous=FULL`) in this process, verifies every output, and exits non-zero if
-//! one is wrong. `resume` also runs a real `cairn serve` child and kills it with SIGKILL.
+//! one is wrong. `chain` and `concurrent` also run on Postgres (`--store postgres`: a fresh
+//! database on the server `--database-url` names, dropped afterwards), with `--instances K`
+//! engines, each with its own connections, writer and publisher, as K servers would have. `resume` also runs a real `cairn serve` child and kills it with SIGKILL.
 //! `big-output` and `runaway` measure what large and endless outputs cost: time, database
 //! bytes and memory.
 
@@ -54,15 +56,35 @@ pub enum Workload {
     Runaway,
 }
 
+/// Where a benchmark stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchStore {
+    /// A fresh SQLite file.
+    Sqlite,
+    /// A fresh Postgres database.
+    Postgres,
+}
+
 /// `cairn bench` arguments.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     /// What to run.
     #[arg(long, value_enum)]
     pub workload: Workload,
-    /// The store (only sqlite in this build).
-    #[arg(long, default_value = "sqlite")]
-    pub store: String,
+    /// The store: `sqlite` (a fresh file) or `postgres` (a fresh database).
+    #[arg(long, value_enum, default_value = "sqlite")]
+    pub store: BenchStore,
+    /// For `--store postgres`: the server, as a URL to a database the bench may create
+    /// databases from.
+    #[arg(
+        long,
+        env = "CAIRN_BENCH_POSTGRES",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub database_url: String,
+    /// Engines sharing the store (`chain` and `concurrent` on Postgres).
+    #[arg(long, default_value_t = 1)]
+    pub instances: usize,
     /// Workflows (default: 500 for chain/concurrent, 200 for resume); for big-output, the
     /// steps of its chain (default 21).
     #[arg(long)]
@@ -83,24 +105,37 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.workload == Workload::Resume && args.n.is_some_and(|n| n > 200) {
         bail!("--n for resume is at most 200 (one page of the workflow list)");
     }
-    if args.store != "sqlite" {
-        bail!("--store {}: this build benchmarks sqlite only", args.store);
+    let multi = matches!(args.workload, Workload::Chain | Workload::Concurrent);
+    if !multi && (args.store != BenchStore::Sqlite || args.instances != 1) {
+        bail!("--store postgres and --instances apply to the chain and concurrent workloads");
+    }
+    if !(1..=16).contains(&args.instances) {
+        bail!("--instances must be between 1 and 16");
+    }
+    if args.store == BenchStore::Sqlite && args.instances != 1 {
+        bail!("--instances needs --store postgres: one process owns an SQLite file");
     }
     let dir = tempfile::tempdir().context("creating a temporary folder")?;
     let db = dir.path().join("bench.db");
+    let target = match args.store {
+        BenchStore::Sqlite => Target::Sqlite(db.clone()),
+        BenchStore::Postgres => Target::postgres(&args.database_url).await?,
+    };
     let result = match args.workload {
-        Workload::Chain => chain(&db, args.n.unwrap_or(500), false).await?,
-        Workload::Concurrent => chain(&db, args.n.unwrap_or(500), true).await?,
-        Workload::Fanout => fanout(&db, args.width).await?,
-        Workload::Resume => resume(&db, args.n.unwrap_or(200)).await?,
+        Workload::Chain => chain(&target, args.n.unwrap_or(500), false, args.instances).await,
+        Workload::Concurrent => chain(&target, args.n.unwrap_or(500), true, args.instances).await,
+        Workload::Fanout => fanout(&db, args.width).await,
+        Workload::Resume => resume(&db, args.n.unwrap_or(200)).await,
         Workload::Sse => {
-            super::bench_sse::run(dir.path(), args.clients, args.n.unwrap_or(20)).await?
+            super::bench_sse::run(dir.path(), args.clients, args.n.unwrap_or(20)).await
         }
         Workload::BigOutput => {
-            big_output(dir.path(), args.n.unwrap_or(21), args.output_bytes).await?
+            big_output(dir.path(), args.n.unwrap_or(21), args.output_bytes).await
         }
-        Workload::Runaway => runaway(&db).await?,
+        Workload::Runaway => runaway(&db).await,
     };
+    target.drop_database().await;
+    let result = result?;
     println!("{}", serde_json::to_string(&result)?);
     Ok(())
 }
@@ -112,13 +147,115 @@ struct Harness {
     handle: crate::engine::EngineHandle,
 }
 
+/// The database a benchmark runs on.
+enum Target {
+    Sqlite(PathBuf),
+    Postgres {
+        /// The fresh database's URL.
+        url: String,
+        /// The server's URL the bench was given, to drop the database afterwards.
+        admin: String,
+        name: String,
+    },
+}
+
+impl Target {
+    /// A fresh database on the Postgres server `admin` names.
+    async fn postgres(admin: &str) -> anyhow::Result<Self> {
+        use sqlx::Connection;
+        let name = format!("cairn_bench_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(admin)
+            .await
+            .context("connecting to the Postgres server (--database-url)")?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .context("creating the benchmark's database")?;
+        let base = admin.split('?').next().unwrap_or(admin);
+        let base = base.rsplit_once('/').map(|(b, _)| b).unwrap_or(base);
+        Ok(Target::Postgres {
+            url: format!("{base}/{name}"),
+            admin: admin.to_string(),
+            name,
+        })
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Target::Sqlite(db) => format!("sqlite://{}", db.display()),
+            Target::Postgres { url, .. } => url.clone(),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Target::Sqlite(_) => "sqlite",
+            Target::Postgres { .. } => "postgres",
+        }
+    }
+
+    async fn drop_database(&self) {
+        use sqlx::Connection;
+        if let Target::Postgres { admin, name, .. } = self
+            && let Ok(mut conn) = sqlx::PgConnection::connect(admin).await
+        {
+            let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+            if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(drop))
+                .execute(&mut conn)
+                .await
+            {
+                eprintln!("could not drop the benchmark's database {name}: {e}");
+            }
+        }
+    }
+
+    /// The latency of a minimal durable commit with the store's settings: the p50 of a few
+    /// hundred one-row transactions, on a file beside the benchmark's or in its database.
+    async fn commit_floor_ms(&self) -> anyhow::Result<f64> {
+        match self {
+            Target::Sqlite(db) => commit_floor_ms(db).await,
+            Target::Postgres { url, .. } => {
+                let pool = sqlx::PgPool::connect(url).await?;
+                sqlx::query(
+                    "CREATE TABLE public.floor (id BIGSERIAL PRIMARY KEY, at TEXT NOT NULL)",
+                )
+                .execute(&pool)
+                .await?;
+                let mut samples = Vec::with_capacity(300);
+                for _ in 0..300 {
+                    let t = Instant::now();
+                    let mut tx = pool.begin().await?;
+                    sqlx::query("INSERT INTO public.floor (at) VALUES ($1)")
+                        .bind(chrono::Utc::now().to_rfc3339())
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    samples.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                pool.close().await;
+                samples.sort_by(f64::total_cmp);
+                Ok(samples[samples.len() / 2])
+            }
+        }
+    }
+}
+
 async fn harness(db: &Path) -> anyhow::Result<Harness> {
     harness_with(db, EngineConfig::from_toml(DEFAULT_CONFIG_TOML)?).await
 }
 
 /// The engine with `config`'s roles (and room for 1024 attempts at once) on a fresh store.
-async fn harness_with(db: &Path, mut config: EngineConfig) -> anyhow::Result<Harness> {
-    let store = Store::connect(&format!("sqlite://{}", db.display())).await?;
+async fn harness_with(db: &Path, config: EngineConfig) -> anyhow::Result<Harness> {
+    harness_on(&format!("sqlite://{}", db.display()), config, "bench").await
+}
+
+/// Like [`harness_with`], on any database, as instance `instance`.
+async fn harness_on(
+    url: &str,
+    mut config: EngineConfig,
+    instance: &str,
+) -> anyhow::Result<Harness> {
+    let store = Store::connect(url).await?;
     config.settings = EngineSettings {
         max_concurrency: 1024,
         ..EngineSettings::default()
@@ -126,7 +263,7 @@ async fn harness_with(db: &Path, mut config: EngineConfig) -> anyhow::Result<Har
     let (engine, handle) = Engine::new(
         store.clone(),
         &config,
-        "bench".into(),
+        instance.into(),
         config.settings.clone(),
     );
     let shutdown = CancellationToken::new();
@@ -240,8 +377,7 @@ async fn verify_chain(store: &Store, id: &str, i: usize) -> anyhow::Result<()> {
 /// completion with the next start, the last completion with the workflow's end.
 const MIN_COMMITS_PER_CHAIN: f64 = 4.0;
 
-/// The latency of a minimal durable commit on this disk with the store's settings: the p50
-/// of a few hundred one-row transactions on a fresh file beside the benchmark's.
+/// SQLite's commit floor: one-row transactions on a fresh file beside the benchmark's.
 async fn commit_floor_ms(db: &Path) -> anyhow::Result<f64> {
     let floor = db.with_file_name("floor.db");
     let store =
@@ -265,39 +401,62 @@ async fn commit_floor_ms(db: &Path) -> anyhow::Result<f64> {
     Ok(samples[samples.len() / 2])
 }
 
-async fn chain(db: &Path, n: usize, concurrent: bool) -> anyhow::Result<Value> {
-    let floor_ms = commit_floor_ms(db).await?;
-    let h = harness(db).await?;
-    let mut rx = h.store.subscribe();
+async fn chain(
+    target: &Target,
+    n: usize,
+    concurrent: bool,
+    instances: usize,
+) -> anyhow::Result<Value> {
+    let floor_ms = target.commit_floor_ms().await?;
+    let mut hs = Vec::with_capacity(instances);
+    for k in 0..instances {
+        let config = EngineConfig::from_toml(DEFAULT_CONFIG_TOML)?;
+        hs.push(harness_on(&target.url(), config, &format!("bench-{k}")).await?);
+    }
+    // Every instance's events reach every instance's feed; the first one's is watched.
+    let store = hs[0].store.clone();
+    let mut rx = store.subscribe();
     let started = Instant::now();
     let mut latencies = Vec::with_capacity(n);
     let mut ids = Vec::with_capacity(n);
     if concurrent {
-        // All at once: every start is submitted together (they share group commits).
+        // All at once, spread over the instances as a load balancer would: every start is
+        // submitted together (they share group commits).
         let specs: Vec<Value> = (0..n).map(|i| chain_spec(i, 10)).collect();
-        let created = futures::future::join_all(specs.iter().map(|s| h.create(s))).await;
+        let created = futures::future::join_all(
+            specs
+                .iter()
+                .enumerate()
+                .map(|(i, s)| hs[i % instances].create(s)),
+        )
+        .await;
         for id in created {
             ids.push(id?);
         }
-        let done = finish_times(&mut rx, &h.store, &ids).await?;
+        let done = finish_times(&mut rx, &store, &ids).await?;
         for id in &ids {
             latencies.push((done[id] - started).as_secs_f64() * 1000.0);
         }
     } else {
         for i in 0..n {
             let t = Instant::now();
-            let id = h.create(&chain_spec(i, 0)).await?;
-            finish_times(&mut rx, &h.store, std::slice::from_ref(&id)).await?;
+            let id = hs[i % instances].create(&chain_spec(i, 0)).await?;
+            finish_times(&mut rx, &store, std::slice::from_ref(&id)).await?;
             latencies.push(t.elapsed().as_secs_f64() * 1000.0);
             ids.push(id);
         }
     }
     let wall = started.elapsed().as_secs_f64();
     for (i, id) in ids.iter().enumerate() {
-        verify_chain(&h.store, id, i).await?;
+        verify_chain(&store, id, i).await?;
     }
-    let commits = h.store.commit_latencies_ms();
-    h.stop().await;
+    let commits: Vec<f64> = hs
+        .iter()
+        .flat_map(|h| h.store.commit_latencies_ms())
+        .collect();
+    for h in hs {
+        h.stop().await;
+    }
     let commits_per_workflow = commits.len() as f64 / n as f64;
     let mut result = report(
         if concurrent { "concurrent" } else { "chain" },
@@ -311,6 +470,8 @@ async fn chain(db: &Path, n: usize, concurrent: bool) -> anyhow::Result<Value> {
     // What the disk allows one chain after another: 3 steps per 4 minimal commits.
     let allowed_steps_per_s = 3.0 * 1000.0 / (MIN_COMMITS_PER_CHAIN * floor_ms);
     let achieved = (n * 3) as f64 / wall;
+    result["store"] = json!(target.kind());
+    result["instances"] = json!(instances);
     result["commit_floor_ms"] = json!(round3(floor_ms));
     result["commits_per_workflow"] = json!(round3(commits_per_workflow));
     if !concurrent {
