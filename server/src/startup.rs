@@ -92,7 +92,13 @@ impl Application {
     /// Runs the engine and serves HTTP until `shutdown` is cancelled, then lets in-flight
     /// requests finish and stops the engine (attempts in flight are left to be resumed).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let engine = tokio::spawn(self.engine.run(shutdown.clone()));
+        // Every engine log line names the instance: with several sharing a database, which
+        // one took over what is in the logs.
+        let span = tracing::info_span!("engine", instance = %self.state.instance);
+        let engine = tokio::spawn(tracing::Instrument::instrument(
+            self.engine.run(shutdown.clone()),
+            span,
+        ));
         tracing::info!(
             addr = %self.addr,
             store = self.state.store.kind(),
