@@ -287,12 +287,9 @@ impl Harness {
             .map_err(|e| anyhow::anyhow!("bench spec invalid: {:?}", e.errors))?;
         let change = Change::created(spec, Some("bench".into()), None);
         let id = change.workflow_id.clone();
-        let out = self.store.commit(vec![change]).await?;
-        ensure!(
-            matches!(out.first(), Some(Outcome::Committed { .. })),
-            "create refused"
-        );
-        self.handle.wake();
+        // As the HTTP API does: the engine starts it in the checkpoint that creates it.
+        let out = self.handle.create(change).await?;
+        ensure!(matches!(out, Outcome::Committed { .. }), "create refused");
         Ok(id)
     }
 }

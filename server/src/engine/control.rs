@@ -192,6 +192,7 @@ impl Engine {
             outputs: Vec::new(),
             idempotency: None,
             base: Some(Box::new(state.clone())),
+            take_lease: None,
         };
         let outcome = self.store.commit(vec![change]).await?.pop();
         match outcome {

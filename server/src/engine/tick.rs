@@ -167,6 +167,11 @@ impl Engine {
         if self.claim_due {
             outcome.claimed = self.claim(now, &mut drafts).await?;
         }
+        // New workflows: started in the checkpoint that creates them when there is room.
+        while let Ok(c) = self.creations.try_recv() {
+            self.arriving.push(c);
+        }
+        let (mut creating, plain) = self.take_arrivals(now, &mut drafts);
         self.load_whole_outputs().await?;
         // Kept until the commit is durable: if it fails, the results are folded again at the
         // next tick instead of being lost (which would leave their steps running forever).
@@ -175,41 +180,64 @@ impl Engine {
         outcome.finished = self.fold_finished(now, &mut drafts);
         self.schedule(now, &mut drafts);
 
+        let ttl = chrono::Duration::from_std(self.settings.lease_ttl)?;
         let changes: Vec<(Change, Draft)> = drafts
             .into_iter()
             .filter(|(_, d)| !d.events.is_empty())
             .filter_map(|(id, d)| {
                 let fence = self.owned.get(&id)?.fence.clone();
                 let mut d = d;
+                let new = creating.get_mut(&id);
                 Some((
                     Change {
-                        workflow_id: id,
                         fence: Some(fence),
                         events: std::mem::take(&mut d.events),
                         outputs: std::mem::take(&mut d.outputs),
-                        idempotency: None,
-                        base: Some(Box::new(std::mem::replace(
-                            &mut d.base,
-                            WorkflowState::new(""),
-                        ))),
+                        idempotency: new.and_then(|(idempotency, _)| idempotency.take()),
+                        base: (!creating.contains_key(&id)).then(|| {
+                            Box::new(std::mem::replace(&mut d.base, WorkflowState::new("")))
+                        }),
+                        take_lease: creating.contains_key(&id).then_some(ttl),
+                        workflow_id: id,
                     },
                     d,
                 ))
             })
             .collect();
-        if changes.is_empty() {
+        if changes.is_empty() && plain.is_empty() {
             return Ok(outcome);
         }
-        let (changes, drafts): (Vec<_>, Vec<_>) = changes.into_iter().unzip();
+        let (mut changes, drafts): (Vec<_>, Vec<_>) = changes.into_iter().unzip();
         let ids: Vec<String> = changes.iter().map(|c| c.workflow_id.clone()).collect();
-        let outcomes = match self.store.commit(changes).await {
+        let (plain_changes, plain_replies): (Vec<Change>, Vec<_>) =
+            plain.into_iter().map(|c| (c.change, c.reply)).unzip();
+        changes.extend(plain_changes);
+        let mut outcomes = match self.store.commit(changes).await {
             Ok(outcomes) => outcomes,
             Err(e) => {
                 self.finished.extend(results);
+                for (id, (_, reply)) in creating {
+                    self.drop_owned(&id);
+                    let _ = reply.send(Err(anyhow::anyhow!("checkpoint failed: {e:#}")));
+                }
+                for reply in plain_replies {
+                    let _ = reply.send(Err(anyhow::anyhow!("checkpoint failed: {e:#}")));
+                }
                 return Err(e);
             }
         };
+        for (reply, result) in plain_replies.into_iter().zip(outcomes.split_off(ids.len())) {
+            let _ = reply.send(Ok(result));
+        }
         for ((id, draft), result) in ids.into_iter().zip(drafts).zip(outcomes) {
+            if let Some((_, reply)) = creating.remove(&id) {
+                let _ = reply.send(Ok(result.clone()));
+                if matches!(result, Outcome::Rejected(_)) {
+                    // Not created (an idempotent replay, a refused value): nothing to run.
+                    self.drop_owned(&id);
+                    continue;
+                }
+            }
             match result {
                 Outcome::Committed { records, state } => {
                     outcome.events += records.len();
@@ -237,6 +265,67 @@ impl Engine {
             }
         }
         Ok(outcome)
+    }
+
+    /// Takes the workflows created since the last tick. While there is room to run more, each
+    /// is owned at once (its lease is taken by the checkpoint that creates it) and started
+    /// here, so `schedule` launches its first steps in that same checkpoint; the others are
+    /// only created, for whichever instance has room. Returns the first kind, with each one's
+    /// idempotency key and where to answer, and the second.
+    #[allow(clippy::type_complexity)]
+    fn take_arrivals(
+        &mut self,
+        now: DateTime<Utc>,
+        drafts: &mut HashMap<String, Draft>,
+    ) -> (
+        HashMap<
+            String,
+            (
+                Option<(String, String)>,
+                tokio::sync::oneshot::Sender<anyhow::Result<Outcome>>,
+            ),
+        >,
+        Vec<super::Creation>,
+    ) {
+        let mut creating = HashMap::new();
+        let mut plain = Vec::new();
+        for c in std::mem::take(&mut self.arriving) {
+            let id = c.change.workflow_id.clone();
+            let room = self.in_flight.len() + creating.len() < self.settings.max_concurrency;
+            let fresh = !self.owned.contains_key(&id) && !drafts.contains_key(&id);
+            if !room || !fresh || c.change.events.len() != 1 {
+                plain.push(c);
+                continue;
+            }
+            let mut draft = Draft::new(WorkflowState::new(id.clone()));
+            let Change {
+                events,
+                idempotency,
+                ..
+            } = c.change;
+            for s in events {
+                draft.push(s.at.trunc_subsecs(6), s.event);
+            }
+            draft.push(now, Event::WorkflowStarted {});
+            self.owned.insert(
+                id.clone(),
+                Owned {
+                    state: WorkflowState::new(id.clone()),
+                    fence: crate::store::Fence {
+                        owner: self.instance.clone(),
+                        epoch: 1,
+                    },
+                    attempts: HashMap::new(),
+                    log_counts: HashMap::new(),
+                    whole_outputs: HashMap::new(),
+                    unstorable: 0,
+                    fail_next: None,
+                },
+            );
+            drafts.insert(id.clone(), draft);
+            creating.insert(id, (idempotency, c.reply));
+        }
+        (creating, plain)
     }
 
     fn draft<'a>(&self, drafts: &'a mut HashMap<String, Draft>, id: &str) -> Option<&'a mut Draft> {

@@ -206,12 +206,14 @@ pub async fn create(
     let idempotency = key.map(|k| (k, hex(&Sha256::digest(body))));
     let change = Change::created(spec, Some("api".into()), idempotency);
     let id = change.workflow_id.clone();
-    match state.store.commit(vec![change]).await?.pop() {
-        Some(Outcome::Committed { state: wf, .. }) => {
-            state.engine.wake();
-            Ok((id, wf.status, false))
-        }
-        Some(Outcome::Rejected(Rejection::IdempotentReplay(Some(existing)))) => {
+    // Through the engine: with room, it starts the workflow in the checkpoint that creates it.
+    let outcome = state.engine.create(change).await.map_err(|e| {
+        tracing::warn!(error = format!("{e:#}"), "a workflow could not be created");
+        ApiError::Unavailable(e)
+    })?;
+    match outcome {
+        Outcome::Committed { state: wf, .. } => Ok((id, wf.status, false)),
+        Outcome::Rejected(Rejection::IdempotentReplay(Some(existing))) => {
             let status = state
                 .store
                 .load(&existing)
@@ -220,14 +222,11 @@ pub async fn create(
                 .unwrap_or(WorkflowStatus::Pending);
             Ok((existing, status, true))
         }
-        Some(Outcome::Rejected(Rejection::IdempotentReplay(None))) => Err(ApiError::Conflict(
+        Outcome::Rejected(Rejection::IdempotentReplay(None)) => Err(ApiError::Conflict(
             "this Idempotency-Key was already used with a different request".into(),
         )),
-        Some(Outcome::Rejected(other)) => Err(ApiError::Internal(anyhow::anyhow!(
+        Outcome::Rejected(other) => Err(ApiError::Internal(anyhow::anyhow!(
             "creating a workflow was refused: {other}"
-        ))),
-        None => Err(ApiError::Internal(anyhow::anyhow!(
-            "the store answered no outcome"
         ))),
     }
 }

@@ -43,6 +43,8 @@ pub(super) struct Plan {
     pub outputs: Vec<(usize, Arc<str>)>,
     /// The idempotency key and request hash to record, for a new workflow.
     pub idempotency: Option<(String, String)>,
+    /// For a new workflow its creator starts: the lease to take, and for how long.
+    pub lease: Option<(Fence, chrono::Duration)>,
 }
 
 /// Decides whether `change` applies to what `facts` reads: a [`Plan`] to write, or why not.
@@ -58,6 +60,7 @@ pub(super) async fn decide(
         outputs,
         idempotency,
         base,
+        take_lease,
     } = change;
     // Times are kept to the microsecond, in the log and in the state alike, so a state
     // refolded from stored events equals the stored state exactly.
@@ -77,16 +80,18 @@ pub(super) async fn decide(
         return Ok(Err(Rejection::IdempotentReplay(same.then_some(seen_id))));
     }
 
-    if let Some(fence) = &fence
-        && !holds(facts.lease(&workflow_id).await?, fence)
-    {
-        return Ok(Err(Rejection::LeaseLost));
-    }
-
     let creating = matches!(
         events.first().map(|s| &s.event),
         Some(Event::WorkflowCreated { .. })
     );
+    // A new workflow's creator takes its lease with it; anyone else must still hold theirs.
+    let lease = match (&fence, take_lease) {
+        (Some(fence), Some(ttl)) if creating => Some((fence.clone(), ttl)),
+        (Some(fence), _) if !holds(facts.lease(&workflow_id).await?, fence) => {
+            return Ok(Err(Rejection::LeaseLost));
+        }
+        _ => None,
+    };
     // The caller's state is used when it is still current, which saves decoding the stored one.
     let existing = match base {
         Some(base) if !creating => match facts.position(&workflow_id).await? {
@@ -130,6 +135,7 @@ pub(super) async fn decide(
         encoded,
         outputs,
         idempotency,
+        lease,
     }))
 }
 
@@ -191,6 +197,7 @@ mod tests {
             outputs: Vec::new(),
             idempotency: None,
             base: base.map(Box::new),
+            take_lease: None,
         }
     }
 

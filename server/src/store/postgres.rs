@@ -529,6 +529,10 @@ struct Rows {
     key_hashes: Vec<String>,
     key_workflows: Vec<String>,
     key_created: Vec<DateTime<Utc>>,
+    lease_workflows: Vec<String>,
+    lease_owners: Vec<String>,
+    lease_epochs: Vec<i64>,
+    lease_ttls_ms: Vec<i64>,
     finished: Vec<String>,
 }
 
@@ -543,6 +547,7 @@ impl Rows {
             encoded,
             outputs,
             idempotency,
+            lease,
         } = plan;
         let mut outputs = outputs.into_iter().peekable();
         let mut touched = BTreeSet::new();
@@ -607,6 +612,12 @@ impl Rows {
             self.key_hashes.push(hash);
             self.key_workflows.push(workflow_id.clone());
             self.key_created.push(now);
+        }
+        if let Some((fence, ttl)) = lease {
+            self.lease_workflows.push(workflow_id.clone());
+            self.lease_owners.push(fence.owner.to_string());
+            self.lease_epochs.push(fence.epoch);
+            self.lease_ttls_ms.push(ttl.num_milliseconds());
         }
         if state.status.is_terminal() {
             self.finished.push(workflow_id);
@@ -819,6 +830,20 @@ impl PgStore {
             .execute(&mut *tx)
             .await
             .context("recording idempotency keys")?;
+        }
+        if !rows.lease_workflows.is_empty() {
+            sqlx::query(
+                "INSERT INTO leases (workflow_id, owner, epoch, expires_at) \
+                 SELECT w, o, e, now() + t * interval '1 millisecond' \
+                 FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS l(w, o, e, t)",
+            )
+            .bind(&rows.lease_workflows)
+            .bind(&rows.lease_owners)
+            .bind(&rows.lease_epochs)
+            .bind(&rows.lease_ttls_ms)
+            .execute(&mut *tx)
+            .await
+            .context("taking new workflows' leases")?;
         }
         if !rows.finished.is_empty() {
             // Nothing left to run: no instance needs to hold them.

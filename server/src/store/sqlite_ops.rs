@@ -45,6 +45,7 @@ pub(super) async fn apply_change(
         encoded,
         outputs,
         idempotency,
+        lease,
     } = plan;
 
     let mut records = Vec::with_capacity(events.len());
@@ -105,6 +106,18 @@ pub(super) async fn apply_change(
         .execute(&mut *conn)
         .await
         .context("recording an idempotency key")?;
+    }
+    if let Some((fence, ttl)) = lease {
+        sqlx::query(
+            "INSERT INTO leases (workflow_id, owner, epoch, expires_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&workflow_id)
+        .bind(&*fence.owner)
+        .bind(fence.epoch)
+        .bind(ts(Utc::now() + ttl))
+        .execute(&mut *conn)
+        .await
+        .context("taking a new workflow's lease")?;
     }
     if state.status.is_terminal() {
         // Nothing left to run: no engine needs to hold it.

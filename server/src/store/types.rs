@@ -44,6 +44,9 @@ pub struct Change {
     /// the stored state when it is still current (same `last_event_id`), which saves
     /// decoding it inside the transaction.
     pub base: Option<Box<WorkflowState>>,
+    /// For a new workflow that its creator starts at once: take the lease `fence` names for
+    /// this long in the same transaction (nobody else can hold a workflow that did not exist).
+    pub take_lease: Option<chrono::Duration>,
 }
 
 impl Change {
@@ -63,6 +66,7 @@ impl Change {
             outputs: Vec::new(),
             idempotency,
             base: None,
+            take_lease: None,
         }
     }
 }

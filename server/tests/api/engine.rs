@@ -35,6 +35,7 @@ crate::both_backends!(
     a_result_from_an_engine_that_lost_its_lease_is_discarded,
     live_events_come_from_the_log_whoever_wrote_them,
     a_control_committed_elsewhere_reaches_the_engine_that_runs_the_workflow,
+    a_chain_created_through_the_engine_costs_four_checkpoints,
 );
 
 async fn create(store: &Store, spec: serde_json::Value) -> String {
@@ -206,4 +207,54 @@ async fn a_control_committed_elsewhere_reaches_the_engine_that_runs_the_workflow
     let kinds: Vec<&str> = events.iter().map(|e| e.event.type_name()).collect();
     assert_eq!(kinds.last(), Some(&"workflow.cancelled"), "{kinds:?}");
     assert!(!kinds.contains(&"step.completed") && !kinds.contains(&"step.failed"));
+}
+
+/// A workflow created through the engine is created, started and given its first step in one
+/// checkpoint; with each completion committed with the next start and the last with the end,
+/// a three-step chain costs four commits.
+async fn a_chain_created_through_the_engine_costs_four_checkpoints(db: Db) {
+    let store = db.store().await;
+    let config = EngineConfig::from_toml(DEFAULT_CONFIG_TOML).unwrap();
+    let (mut engine, handle) = Engine::new(
+        store.clone(),
+        &config,
+        "e1".into(),
+        EngineSettings::default(),
+    );
+    let p = json!({ "duration_ms": 0 });
+    let spec = cairn::parse_spec_value(
+        &json!([
+            { "id": "a", "role": "architect", "task": "A", "params": p },
+            { "id": "b", "role": "developer", "task": "{a.output}B", "deps": ["a"], "params": p },
+            { "id": "c", "role": "tester", "task": "{b.output}C", "deps": ["b"], "params": p }
+        ]),
+        &ParseOptions::default(),
+    )
+    .unwrap();
+    let change = Change::created(spec, None, None);
+    let id = change.workflow_id.clone();
+    let creating = tokio::spawn(async move { handle.create(change).await });
+    while !creating.is_finished() {
+        engine.tick().await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    let Outcome::Committed { records, .. } = creating.await.unwrap().unwrap() else {
+        panic!("not created")
+    };
+    let kinds: Vec<&str> = records.iter().map(|r| r.event.type_name()).collect();
+    assert_eq!(
+        kinds,
+        ["workflow.created", "workflow.started", "step.started"]
+    );
+    while engine.wait_for_attempt().await {
+        engine.tick().await.unwrap();
+    }
+    let s = store.load(&id).await.unwrap().unwrap();
+    assert_eq!(s.status, WorkflowStatus::Completed);
+    assert_eq!(s.step("c").unwrap().output.as_deref(), Some("ABC"));
+    assert_eq!(
+        store.commit_latencies_ms().len(),
+        4,
+        "commits for a 3-step chain"
+    );
 }

@@ -110,6 +110,7 @@ fn event(id: &str, event: Event) -> Change {
         outputs: Vec::new(),
         idempotency: None,
         base: None,
+        take_lease: None,
     }
 }
 
