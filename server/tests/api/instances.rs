@@ -80,7 +80,7 @@ async fn three_instances_share_the_work_and_one_killed_mid_step_loses_nothing() 
     assert_eq!(instances.len(), 3, "each instance has an id of its own");
 
     // A browser on the instance that survives, from before anything starts.
-    let mut sse = Sse::connect_url(&format!("{}/api/events", servers[2].url)).await;
+    let mut sse = Sse::connect_url(&format!("{}/api/events", servers[2].url), None).await;
     let snapshot = sse.next_event(Duration::from_secs(20)).await.unwrap();
     assert_eq!(snapshot.event.as_deref(), Some("snapshot"));
     let from: i64 = snapshot.id.unwrap().parse().unwrap();
@@ -206,6 +206,19 @@ async fn three_instances_share_the_work_and_one_killed_mid_step_loses_nothing() 
         streamed.push(f.id.unwrap().parse::<i64>().unwrap());
     }
     assert_eq!(streamed, logged);
+
+    // A browser that resumes on another instance with its Last-Event-ID gets the rest, exact.
+    let half = logged[logged.len() / 2];
+    let mut resumed = Sse::connect_url(&format!("{}/api/events", servers[0].url), Some(half)).await;
+    let rest: Vec<i64> = logged.iter().copied().filter(|id| *id > half).collect();
+    let mut again = Vec::new();
+    while again.len() < rest.len() {
+        let Some(f) = resumed.next_event(Duration::from_secs(10)).await else {
+            break;
+        };
+        again.push(f.id.unwrap().parse::<i64>().unwrap());
+    }
+    assert_eq!(again, rest);
 }
 
 /// Every connection the server has to Postgres is killed, again and again, while workflows

@@ -40,14 +40,16 @@ impl Sse {
         Self::from_response(Self::open(app, path, last_event_id).await, path)
     }
 
-    /// Opens `url` (any server, e.g. one of several instances).
-    pub(crate) async fn connect_url(url: &str) -> Self {
-        let resp = reqwest::Client::new()
+    /// Opens `url` (any server, e.g. one of several instances), resuming after
+    /// `last_event_id` if given.
+    pub(crate) async fn connect_url(url: &str, last_event_id: Option<i64>) -> Self {
+        let mut req = reqwest::Client::new()
             .get(url)
-            .header("accept", "text/event-stream")
-            .send()
-            .await
-            .expect("connect");
+            .header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id.to_string());
+        }
+        let resp = req.send().await.expect("connect");
         Self::from_response(resp, url)
     }
 
