@@ -12,6 +12,7 @@
 //! id order.
 
 mod decide;
+mod group;
 mod postgres;
 mod publisher;
 mod sqlite;

@@ -18,16 +18,11 @@
 //! - **Wake-ups.** Each checkpoint sends one `NOTIFY` with the newest id; every instance's
 //!   listener wakes its publisher, which reads the log from its cursor (and polls anyway).
 
-use std::{
-    collections::{BTreeSet, HashMap, HashSet},
-    str::FromStr,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, str::FromStr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use cairn::{EventRecord, WorkflowState};
-use chrono::{DateTime, Utc};
+
 use sqlx::{
     Connection, PgConnection, PgPool, Row,
     postgres::{PgConnectOptions, PgListener, PgPoolOptions},
@@ -36,8 +31,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    decide::{Facts, Plan, decide},
-    types::{Change, Claimed, Fence, ListQuery, Outcome, Rejection, WorkflowSummary},
+    group::{self, LoadState, RoundFacts, Rows},
+    types::{Change, Claimed, Fence, ListQuery, Outcome, WorkflowSummary},
     writer::GroupCommit,
 };
 
@@ -414,50 +409,51 @@ async fn list(conn: &mut PgConnection, q: &ListQuery) -> anyhow::Result<Vec<Work
 }
 
 impl GroupCommit for PgStore {
-    /// Commits the group in as few transactions as it can: one, unless a workflow appears in
-    /// it twice (each later change then goes in the next transaction, since its decision
-    /// depends on the earlier one's ids). If the database refuses a value (a data or
-    /// constraint error), the group is retried one change at a time, so the change at fault
-    /// is answered [`Rejection::Unstorable`] and the others commit.
-    async fn commit_group(&self, changes: Vec<Change>) -> anyhow::Result<Vec<Outcome>> {
+    async fn commit_changes(&self, changes: Vec<Change>) -> anyhow::Result<Vec<Outcome>> {
+        self.commit_in_one(changes).await
+    }
+
+    fn refused_value(e: &anyhow::Error) -> bool {
+        refused_value(e)
+    }
+}
+
+impl LoadState for PgConnection {
+    async fn load_state(&mut self, id: &str) -> anyhow::Result<Option<WorkflowState>> {
+        load_state(self, id).await
+    }
+}
+
+impl PgStore {
+    /// One transaction, round after round (see [`group::rounds`]), then one notification.
+    /// One transaction, round after round (see [`super::group::rounds`]).
+    async fn commit_in_one(&self, changes: Vec<Change>) -> anyhow::Result<Vec<Outcome>> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; changes.len()];
-        let mut pending: Vec<(usize, Change)> = changes.into_iter().enumerate().collect();
-        while !pending.is_empty() {
-            let mut seen = HashSet::new();
-            let (round, later): (Vec<_>, Vec<_>) = pending
-                .into_iter()
-                .partition(|(_, c)| seen.insert(c.workflow_id.clone()));
-            pending = later;
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .context("acquiring a connection")?;
+        let mut tx = conn.begin().await.context("beginning a checkpoint")?;
+        let mut last = None;
+        for round in group::rounds(changes) {
             let (slots, round): (Vec<usize>, Vec<Change>) = round.into_iter().unzip();
-            let results = match self.commit_round(round.clone()).await {
-                Ok(results) => results,
-                Err(e) if refused_value(&e) => {
-                    tracing::warn!(
-                        error = format!("{e:#}"),
-                        "a checkpoint was refused; committing its changes one by one"
-                    );
-                    let mut results = Vec::with_capacity(round.len());
-                    for change in round {
-                        let workflow_id = change.workflow_id.clone();
-                        match self.commit_round(vec![change]).await {
-                            Ok(mut one) => results.push(one.remove(0)),
-                            Err(e) if refused_value(&e) => {
-                                tracing::error!(workflow = %workflow_id, error = format!("{e:#}"), "the database refused a change");
-                                results.push(Outcome::Rejected(Rejection::Unstorable(format!(
-                                    "{e:#}"
-                                ))));
-                            }
-                            Err(e) => return Err(e),
-                        }
-                    }
-                    results
-                }
-                Err(e) => return Err(e),
-            };
+            let (results, newest) = commit_round(&mut tx, round).await?;
+            last = newest.or(last);
             for (slot, outcome) in slots.into_iter().zip(results) {
                 outcomes[slot] = Some(outcome);
             }
         }
+        if let Some(last) = last {
+            // One notification per checkpoint, ids only: listeners read the log themselves.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(&*self.channel)
+                .bind(last.to_string())
+                .execute(&mut *tx)
+                .await
+                .context("notifying listeners")?;
+        }
+        tx.commit().await.context("committing a checkpoint")?;
         outcomes
             .into_iter()
             .map(|o| o.context("a change was left without an outcome"))
@@ -465,404 +461,189 @@ impl GroupCommit for PgStore {
     }
 }
 
-/// What [`decide`] reads, from rows locked and read once for the whole round, plus what the
-/// round's earlier changes did (an idempotency key used twice in one group).
-struct RoundFacts<'c> {
-    conn: &'c mut PgConnection,
-    positions: HashMap<String, i64>,
-    leases: HashMap<String, (String, i64)>,
-    keys: HashMap<String, (String, String)>,
-}
+/// One round inside the checkpoint's transaction: lock, read, decide, take ids, write.
+/// Returns the outcomes and the newest event id written, if any.
+async fn commit_round(
+    tx: &mut PgConnection,
+    changes: Vec<Change>,
+) -> anyhow::Result<(Vec<Outcome>, Option<i64>)> {
+    let (ids, key_list) = group::touched(&changes);
+    // 1. Lock the rows of the workflows that exist, in id order (no deadlocks between
+    //    instances), then read their leases in a statement of its own: it sees a takeover
+    //    that committed while this one waited for the locks.
+    let positions: HashMap<String, i64> = sqlx::query_as(
+        "SELECT id, last_event_id FROM workflows WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await
+    .context("locking workflows")?
+    .into_iter()
+    .collect();
+    let leases: HashMap<String, (String, i64)> = sqlx::query_as::<_, (String, String, i64)>(
+        "SELECT workflow_id, owner, epoch FROM leases WHERE workflow_id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await
+    .context("checking leases")?
+    .into_iter()
+    .map(|(id, owner, epoch)| (id, (owner, epoch)))
+    .collect();
 
-impl Facts for RoundFacts<'_> {
-    async fn idempotency_key(&mut self, key: &str) -> anyhow::Result<Option<(String, String)>> {
-        Ok(self.keys.get(key).cloned())
-    }
-
-    async fn lease(&mut self, workflow_id: &str) -> anyhow::Result<Option<(String, i64)>> {
-        Ok(self.leases.get(workflow_id).cloned())
-    }
-
-    async fn position(&mut self, workflow_id: &str) -> anyhow::Result<Option<i64>> {
-        Ok(self.positions.get(workflow_id).copied())
-    }
-
-    async fn state(&mut self, workflow_id: &str) -> anyhow::Result<Option<WorkflowState>> {
-        // Only for a change whose caller's state is outdated (a control from elsewhere came
-        // first): rare, so one read each. The row is locked already.
-        if !self.positions.contains_key(workflow_id) {
-            return Ok(None);
-        }
-        load_state(self.conn, workflow_id).await
-    }
-}
-
-/// The rows of one round, as arrays for `UNNEST`.
-#[derive(Default)]
-struct Rows {
-    event_ids: Vec<i64>,
-    event_workflows: Vec<String>,
-    event_types: Vec<&'static str>,
-    event_ats: Vec<DateTime<Utc>>,
-    event_data: Vec<String>,
-    output_events: Vec<i64>,
-    output_workflows: Vec<String>,
-    output_steps: Vec<String>,
-    output_bytes: Vec<i64>,
-    outputs: Vec<Vec<u8>>,
-    wf_ids: Vec<String>,
-    wf_names: Vec<String>,
-    wf_statuses: Vec<&'static str>,
-    wf_states: Vec<String>,
-    wf_created: Vec<DateTime<Utc>>,
-    wf_updated: Vec<DateTime<Utc>>,
-    wf_last: Vec<i64>,
-    wf_wake: Vec<Option<DateTime<Utc>>>,
-    step_workflows: Vec<String>,
-    step_ids: Vec<String>,
-    step_statuses: Vec<&'static str>,
-    step_attempts: Vec<i64>,
-    step_sessions: Vec<Option<String>>,
-    step_next: Vec<Option<DateTime<Utc>>>,
-    step_updated: Vec<DateTime<Utc>>,
-    key_keys: Vec<String>,
-    key_hashes: Vec<String>,
-    key_workflows: Vec<String>,
-    key_created: Vec<DateTime<Utc>>,
-    lease_workflows: Vec<String>,
-    lease_owners: Vec<String>,
-    lease_epochs: Vec<i64>,
-    lease_ttls_ms: Vec<i64>,
-    finished: Vec<String>,
-}
-
-impl Rows {
-    /// Assigns ids from `next` to a plan's events, folds them and adds its rows.
-    fn add(&mut self, plan: Plan, next: &mut i64) -> anyhow::Result<Outcome> {
-        let Plan {
-            workflow_id,
-            creating,
-            mut state,
-            events,
-            encoded,
-            outputs,
-            idempotency,
-            lease,
-        } = plan;
-        let mut outputs = outputs.into_iter().peekable();
-        let mut touched = BTreeSet::new();
-        let mut records = Vec::with_capacity(events.len());
-        for (i, (s, data)) in events.into_iter().zip(encoded).enumerate() {
-            let id = *next;
-            *next += 1;
-            if let Some(step) = s.event.step_id() {
-                touched.insert(step.to_string());
-            }
-            self.event_ids.push(id);
-            self.event_workflows.push(workflow_id.clone());
-            self.event_types.push(s.event.type_name());
-            self.event_ats.push(s.at);
-            self.event_data.push(data);
-            if let Some((_, output)) = outputs.next_if(|(k, _)| *k == i) {
-                self.output_events.push(id);
-                self.output_workflows.push(workflow_id.clone());
-                self.output_steps
-                    .push(s.event.step_id().unwrap_or_default().to_string());
-                self.output_bytes.push(output.len() as i64);
-                self.outputs.push(output.as_bytes().to_vec());
-            }
-            let rec = EventRecord {
-                id,
-                workflow_id: workflow_id.clone(),
-                at: s.at,
-                event: s.event,
-            };
-            state
-                .apply(&rec)
-                .context("an event that passed the dry run did not apply")?;
-            records.push(rec);
-        }
-
-        let now = state.updated_at.unwrap_or_else(Utc::now);
-        self.wf_ids.push(state.id.clone());
-        self.wf_names.push(state.name.clone());
-        self.wf_statuses.push(state.status.as_str());
-        self.wf_states
-            .push(serde_json::to_string(&state).context("encoding a workflow state")?);
-        self.wf_created.push(state.created_at.unwrap_or(now));
-        self.wf_updated.push(now);
-        self.wf_last.push(state.last_event_id);
-        self.wf_wake.push(state.next_wake());
-        // A manual retry resets descendants too, so on anything but a plain step event all
-        // steps are rewritten; otherwise only the ones the events named.
-        for step in &state.steps {
-            if !creating && !touched.is_empty() && !touched.contains(&step.id) {
-                continue;
-            }
-            self.step_workflows.push(state.id.clone());
-            self.step_ids.push(step.id.clone());
-            self.step_statuses.push(step.status.as_str());
-            self.step_attempts.push(step.attempt as i64);
-            self.step_sessions.push(step.session_id.clone());
-            self.step_next.push(step.next_attempt_at);
-            self.step_updated.push(now);
-        }
-        if let Some((key, hash)) = idempotency {
-            self.key_keys.push(key);
-            self.key_hashes.push(hash);
-            self.key_workflows.push(workflow_id.clone());
-            self.key_created.push(now);
-        }
-        if let Some((fence, ttl)) = lease {
-            self.lease_workflows.push(workflow_id.clone());
-            self.lease_owners.push(fence.owner.to_string());
-            self.lease_epochs.push(fence.epoch);
-            self.lease_ttls_ms.push(ttl.num_milliseconds());
-        }
-        if state.status.is_terminal() {
-            self.finished.push(workflow_id);
-        }
-        Ok(Outcome::Committed {
-            records,
-            state: Box::new(state),
-        })
-    }
-}
-
-impl PgStore {
-    /// One transaction: lock, read, decide, write, notify, commit. Each workflow appears at
-    /// most once in `changes`.
-    async fn commit_round(&self, changes: Vec<Change>) -> anyhow::Result<Vec<Outcome>> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .context("acquiring a connection")?;
-        let mut tx = conn.begin().await.context("beginning a checkpoint")?;
-
-        // 1. Lock the rows of the workflows that exist, in id order (no deadlocks between
-        //    instances), then read their leases in a statement of its own: it sees a takeover
-        //    that committed while this one waited for the locks.
-        let ids: Vec<String> = changes
-            .iter()
-            .map(|c| c.workflow_id.clone())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let positions: HashMap<String, i64> = sqlx::query_as(
-            "SELECT id, last_event_id FROM workflows WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await
-        .context("locking workflows")?
-        .into_iter()
-        .collect();
-        let leases: HashMap<String, (String, i64)> = sqlx::query_as::<_, (String, String, i64)>(
-            "SELECT workflow_id, owner, epoch FROM leases WHERE workflow_id = ANY($1)",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await
-        .context("checking leases")?
-        .into_iter()
-        .map(|(id, owner, epoch)| (id, (owner, epoch)))
-        .collect();
-
-        // 2. Idempotency keys: locked by value (two instances given the same key at once
-        //    decide one after the other), then read.
-        let key_list: Vec<String> = changes
-            .iter()
-            .filter_map(|c| c.idempotency.as_ref().map(|(k, _)| k.clone()))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let mut keys = HashMap::new();
-        if !key_list.is_empty() {
-            sqlx::query(
-                "SELECT pg_advisory_xact_lock(hashtextextended(k, 7)) \
-                 FROM unnest($1::text[]) AS k ORDER BY k",
-            )
-            .bind(&key_list)
-            .execute(&mut *tx)
-            .await
-            .context("locking idempotency keys")?;
-            keys = sqlx::query_as::<_, (String, String, String)>(
-                "SELECT key, request_hash, workflow_id FROM idempotency_keys WHERE key = ANY($1)",
-            )
-            .bind(&key_list)
-            .fetch_all(&mut *tx)
-            .await
-            .context("looking up idempotency keys")?
-            .into_iter()
-            .map(|(k, h, w)| (k, (h, w)))
-            .collect();
-        }
-
-        // 3. Decide every change on what was read.
-        let mut facts = RoundFacts {
-            conn: &mut tx,
-            positions,
-            leases,
-            keys,
-        };
-        let mut decided: Vec<Result<Plan, Rejection>> = Vec::with_capacity(changes.len());
-        for change in changes {
-            let plan = decide(&mut facts, change).await?;
-            if let Ok(plan) = &plan
-                && let Some((key, hash)) = &plan.idempotency
-            {
-                facts
-                    .keys
-                    .insert(key.clone(), (hash.clone(), plan.workflow_id.clone()));
-            }
-            decided.push(plan);
-        }
-        let total: i64 = decided
-            .iter()
-            .filter_map(|d| d.as_ref().ok())
-            .map(|p| p.events.len() as i64)
-            .sum();
-        if total == 0 {
-            tx.rollback().await.context("ending a checkpoint")?;
-            return decided
-                .into_iter()
-                .map(|d| match d {
-                    Ok(_) => anyhow::bail!("a change with no events"),
-                    Err(r) => Ok(Outcome::Rejected(r)),
-                })
-                .collect();
-        }
-
-        // 4. Take the ids: the log head's row lock is the last lock taken.
-        let first: i64 = sqlx::query_scalar(
-            "UPDATE log_head SET last_id = last_id + $1 RETURNING last_id - $1 + 1",
-        )
-        .bind(total)
-        .fetch_one(&mut *tx)
-        .await
-        .context("taking event ids")?;
-        let mut next = first;
-        let mut rows = Rows::default();
-        let mut outcomes = Vec::with_capacity(decided.len());
-        for d in decided {
-            outcomes.push(match d {
-                Ok(plan) => rows.add(plan, &mut next)?,
-                Err(r) => Outcome::Rejected(r),
-            });
-        }
-
-        // 5. Write every table with one statement each.
+    // 2. Idempotency keys: locked by value (two instances given the same key at once
+    //    decide one after the other), then read.
+    let mut keys = HashMap::new();
+    if !key_list.is_empty() {
         sqlx::query(
-            "INSERT INTO events (id, workflow_id, type, at, data) \
-             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])",
+            "SELECT pg_advisory_xact_lock(hashtextextended(k, 7)) \
+             FROM unnest($1::text[]) AS k ORDER BY k",
         )
-        .bind(&rows.event_ids)
-        .bind(&rows.event_workflows)
-        .bind(&rows.event_types)
-        .bind(&rows.event_ats)
-        .bind(&rows.event_data)
+        .bind(&key_list)
         .execute(&mut *tx)
         .await
-        .context("appending events")?;
-        if !rows.outputs.is_empty() {
-            sqlx::query(
-                "INSERT INTO outputs (event_id, workflow_id, step_id, bytes, output) \
-                 SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bytea[])",
-            )
-            .bind(&rows.output_events)
-            .bind(&rows.output_workflows)
-            .bind(&rows.output_steps)
-            .bind(&rows.output_bytes)
-            .bind(&rows.outputs)
-            .execute(&mut *tx)
-            .await
-            .context("storing outputs")?;
-        }
-        sqlx::query(
-            "INSERT INTO workflows (id, name, status, state, created_at, updated_at, last_event_id, next_wake_at) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], \
-                                  $6::timestamptz[], $7::bigint[], $8::timestamptz[]) \
-             ON CONFLICT (id) DO UPDATE SET status = excluded.status, state = excluded.state, \
-               updated_at = excluded.updated_at, last_event_id = excluded.last_event_id, \
-               next_wake_at = excluded.next_wake_at",
+        .context("locking idempotency keys")?;
+        keys = sqlx::query_as::<_, (String, String, String)>(
+            "SELECT key, request_hash, workflow_id FROM idempotency_keys WHERE key = ANY($1)",
         )
-        .bind(&rows.wf_ids)
-        .bind(&rows.wf_names)
-        .bind(&rows.wf_statuses)
-        .bind(&rows.wf_states)
-        .bind(&rows.wf_created)
-        .bind(&rows.wf_updated)
-        .bind(&rows.wf_last)
-        .bind(&rows.wf_wake)
+        .bind(&key_list)
+        .fetch_all(&mut *tx)
+        .await
+        .context("looking up idempotency keys")?
+        .into_iter()
+        .map(|(k, h, w)| (k, (h, w)))
+        .collect();
+    }
+
+    // 3. Decide every change on what was read.
+    let mut facts = RoundFacts {
+        conn: &mut *tx,
+        positions,
+        leases,
+        keys,
+    };
+    let decided = group::decide_round(&mut facts, changes).await?;
+    let total = group::event_count(&decided);
+    if total == 0 {
+        return Ok((Rows::build(decided, 0)?.1, None));
+    }
+
+    // 4. Take the ids: the log head's row lock is the last lock taken.
+    let first: i64 =
+        sqlx::query_scalar("UPDATE log_head SET last_id = last_id + $1 RETURNING last_id - $1 + 1")
+            .bind(total)
+            .fetch_one(&mut *tx)
+            .await
+            .context("taking event ids")?;
+    let (rows, outcomes) = Rows::build(decided, first)?;
+    write_rows(tx, &rows).await?;
+    Ok((outcomes, Some(first + total - 1)))
+}
+
+/// 5. Every table with one statement each.
+async fn write_rows(tx: &mut PgConnection, rows: &Rows) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO events (id, workflow_id, type, at, data) \
+         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])",
+    )
+    .bind(&rows.event_ids)
+    .bind(&rows.event_workflows)
+    .bind(&rows.event_types)
+    .bind(&rows.event_ats)
+    .bind(&rows.event_data)
+    .execute(&mut *tx)
+    .await
+    .context("appending events")?;
+    if !rows.outputs.is_empty() {
+        let bytes: Vec<&[u8]> = rows.outputs.iter().map(|o| o.as_bytes()).collect();
+        sqlx::query(
+            "INSERT INTO outputs (event_id, workflow_id, step_id, bytes, output) \
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bytea[])",
+        )
+        .bind(&rows.output_events)
+        .bind(&rows.output_workflows)
+        .bind(&rows.output_steps)
+        .bind(&rows.output_bytes)
+        .bind(&bytes)
         .execute(&mut *tx)
         .await
-        .context("updating workflow projections")?;
-        if !rows.step_ids.is_empty() {
-            sqlx::query(
-                "INSERT INTO steps (workflow_id, step_id, status, attempt, session_id, next_attempt_at, updated_at) \
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], \
-                                      $6::timestamptz[], $7::timestamptz[]) \
-                 ON CONFLICT (workflow_id, step_id) DO UPDATE SET status = excluded.status, \
-                   attempt = excluded.attempt, session_id = excluded.session_id, \
-                   next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at",
-            )
-            .bind(&rows.step_workflows)
-            .bind(&rows.step_ids)
-            .bind(&rows.step_statuses)
-            .bind(&rows.step_attempts)
-            .bind(&rows.step_sessions)
-            .bind(&rows.step_next)
-            .bind(&rows.step_updated)
-            .execute(&mut *tx)
-            .await
-            .context("updating step projections")?;
-        }
-        if !rows.key_keys.is_empty() {
-            sqlx::query(
-                "INSERT INTO idempotency_keys (key, request_hash, workflow_id, created_at) \
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[])",
-            )
-            .bind(&rows.key_keys)
-            .bind(&rows.key_hashes)
-            .bind(&rows.key_workflows)
-            .bind(&rows.key_created)
-            .execute(&mut *tx)
-            .await
-            .context("recording idempotency keys")?;
-        }
-        if !rows.lease_workflows.is_empty() {
-            sqlx::query(
-                "INSERT INTO leases (workflow_id, owner, epoch, expires_at) \
-                 SELECT w, o, e, now() + t * interval '1 millisecond' \
-                 FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS l(w, o, e, t)",
-            )
-            .bind(&rows.lease_workflows)
-            .bind(&rows.lease_owners)
-            .bind(&rows.lease_epochs)
-            .bind(&rows.lease_ttls_ms)
-            .execute(&mut *tx)
-            .await
-            .context("taking new workflows' leases")?;
-        }
-        if !rows.finished.is_empty() {
-            // Nothing left to run: no instance needs to hold them.
-            sqlx::query("DELETE FROM leases WHERE workflow_id = ANY($1)")
-                .bind(&rows.finished)
-                .execute(&mut *tx)
-                .await
-                .context("releasing finished workflows' leases")?;
-        }
-        // One notification per checkpoint, ids only: listeners read the log themselves.
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(&*self.channel)
-            .bind((next - 1).to_string())
-            .execute(&mut *tx)
-            .await
-            .context("notifying listeners")?;
-        tx.commit().await.context("committing a checkpoint")?;
-        Ok(outcomes)
+        .context("storing outputs")?;
     }
+    sqlx::query(
+        "INSERT INTO workflows (id, name, status, state, created_at, updated_at, last_event_id, next_wake_at) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], \
+                              $6::timestamptz[], $7::bigint[], $8::timestamptz[]) \
+         ON CONFLICT (id) DO UPDATE SET status = excluded.status, state = excluded.state, \
+           updated_at = excluded.updated_at, last_event_id = excluded.last_event_id, \
+           next_wake_at = excluded.next_wake_at",
+    )
+    .bind(&rows.wf_ids)
+    .bind(&rows.wf_names)
+    .bind(&rows.wf_statuses)
+    .bind(&rows.wf_states)
+    .bind(&rows.wf_created)
+    .bind(&rows.wf_updated)
+    .bind(&rows.wf_last)
+    .bind(&rows.wf_wake)
+    .execute(&mut *tx)
+    .await
+    .context("updating workflow projections")?;
+    if !rows.step_ids.is_empty() {
+        sqlx::query(
+            "INSERT INTO steps (workflow_id, step_id, status, attempt, session_id, next_attempt_at, updated_at) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], \
+                                  $6::timestamptz[], $7::timestamptz[]) \
+             ON CONFLICT (workflow_id, step_id) DO UPDATE SET status = excluded.status, \
+               attempt = excluded.attempt, session_id = excluded.session_id, \
+               next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at",
+        )
+        .bind(&rows.step_workflows)
+        .bind(&rows.step_ids)
+        .bind(&rows.step_statuses)
+        .bind(&rows.step_attempts)
+        .bind(&rows.step_sessions)
+        .bind(&rows.step_next)
+        .bind(&rows.step_updated)
+        .execute(&mut *tx)
+        .await
+        .context("updating step projections")?;
+    }
+    if !rows.key_keys.is_empty() {
+        sqlx::query(
+            "INSERT INTO idempotency_keys (key, request_hash, workflow_id, created_at) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[])",
+        )
+        .bind(&rows.key_keys)
+        .bind(&rows.key_hashes)
+        .bind(&rows.key_workflows)
+        .bind(&rows.key_created)
+        .execute(&mut *tx)
+        .await
+        .context("recording idempotency keys")?;
+    }
+    if !rows.lease_workflows.is_empty() {
+        sqlx::query(
+            "INSERT INTO leases (workflow_id, owner, epoch, expires_at) \
+             SELECT w, o, e, now() + t * interval '1 millisecond' \
+             FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS l(w, o, e, t)",
+        )
+        .bind(&rows.lease_workflows)
+        .bind(&rows.lease_owners)
+        .bind(&rows.lease_epochs)
+        .bind(&rows.lease_ttls_ms)
+        .execute(&mut *tx)
+        .await
+        .context("taking new workflows' leases")?;
+    }
+    if !rows.finished.is_empty() {
+        // Nothing left to run: no instance needs to hold them.
+        sqlx::query("DELETE FROM leases WHERE workflow_id = ANY($1)")
+            .bind(&rows.finished)
+            .execute(&mut *tx)
+            .await
+            .context("releasing finished workflows' leases")?;
+    }
+    Ok(())
 }
 
 /// Whether Postgres refused a value rather than failed: a data exception (class 22: a NUL in

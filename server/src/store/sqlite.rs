@@ -11,14 +11,14 @@ use anyhow::Context;
 use cairn::{EventRecord, WorkflowState};
 use chrono::Utc;
 use sqlx::{
-    Acquire, Sqlite, SqlitePool,
+    Sqlite, SqlitePool,
     pool::PoolConnection,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
 use super::{
     sqlite_ops,
-    types::{Change, Claimed, ListQuery, Outcome, Rejection, WorkflowSummary},
+    types::{Change, Claimed, ListQuery, Outcome, WorkflowSummary},
     writer::GroupCommit,
 };
 
@@ -180,33 +180,36 @@ impl SqliteStore {
 }
 
 impl GroupCommit for SqliteStore {
-    /// One transaction for the whole group, each change in a savepoint of its own: one the
-    /// database refuses is undone alone and reported, and the rest of the group commits.
-    async fn commit_group(&self, changes: Vec<Change>) -> anyhow::Result<Vec<Outcome>> {
+    async fn commit_changes(&self, changes: Vec<Change>) -> anyhow::Result<Vec<Outcome>> {
+        self.commit_in_one(changes).await
+    }
+
+    fn refused_value(e: &anyhow::Error) -> bool {
+        refused_value(e)
+    }
+}
+
+impl SqliteStore {
+    /// One transaction, round after round (see [`super::group::rounds`]).
+    async fn commit_in_one(&self, changes: Vec<Change>) -> anyhow::Result<Vec<Outcome>> {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; changes.len()];
         let mut tx = self
             .write_pool
             .begin()
             .await
             .context("beginning a checkpoint")?;
-        let mut outcomes = Vec::with_capacity(changes.len());
-        for change in changes {
-            let mut one = tx.begin().await.context("opening a savepoint")?;
-            let workflow_id = change.workflow_id.clone();
-            match sqlite_ops::apply_change(&mut one, change).await {
-                Ok(outcome) => {
-                    one.commit().await.context("releasing a savepoint")?;
-                    outcomes.push(outcome);
-                }
-                Err(e) if refused_value(&e) => {
-                    one.rollback().await.context("rolling back a savepoint")?;
-                    tracing::error!(workflow = %workflow_id, error = format!("{e:#}"), "the database refused a change");
-                    outcomes.push(Outcome::Rejected(Rejection::Unstorable(format!("{e:#}"))));
-                }
-                Err(e) => return Err(e),
+        for round in super::group::rounds(changes) {
+            let (slots, round): (Vec<usize>, Vec<Change>) = round.into_iter().unzip();
+            let results = sqlite_ops::commit_round(&mut tx, round).await?;
+            for (slot, outcome) in slots.into_iter().zip(results) {
+                outcomes[slot] = Some(outcome);
             }
         }
         tx.commit().await.context("committing a checkpoint")?;
-        Ok(outcomes)
+        outcomes
+            .into_iter()
+            .map(|o| o.context("a change was left without an outcome"))
+            .collect()
     }
 }
 

@@ -1,9 +1,9 @@
-//! The SQLite queries behind [`super::Store`]: the checkpoint transaction, reads, leases.
+//! The SQLite queries behind [`super::Store`]: the checkpoint's statements, reads, leases.
 //!
 //! Timestamps are stored as RFC 3339 text with a fixed number of digits, so that comparing
 //! strings compares instants.
 
-use std::collections::BTreeSet;
+use std::collections::HashMap;
 
 use anyhow::Context;
 use cairn::{EventRecord, WorkflowState};
@@ -11,7 +11,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::{Row, SqliteConnection};
 
 use super::{
-    decide::{Facts, Plan, decide},
+    group::{self, LoadState, RoundFacts, Rows},
     types::{Change, Claimed, Fence, ListQuery, Outcome, WorkflowSummary},
 };
 
@@ -26,198 +26,231 @@ fn parse_ts(s: &str) -> anyhow::Result<DateTime<Utc>> {
         .with_timezone(&Utc))
 }
 
-/// Applies one change inside the caller's transaction: [`decide`] says whether it applies
-/// from the rows read here, then its rows are written. Everything is checked before anything
-/// is written, so a rejected change leaves no trace and the rest of the batch goes on.
-pub(super) async fn apply_change(
+impl LoadState for SqliteConnection {
+    async fn load_state(&mut self, id: &str) -> anyhow::Result<Option<WorkflowState>> {
+        load_state(self, id).await
+    }
+}
+
+/// A list of values as the JSON array that `json_each` reads, so that one statement takes a
+/// whole column however many rows it has.
+fn json<T: serde::Serialize>(values: &T) -> anyhow::Result<String> {
+    serde_json::to_string(values).context("encoding rows")
+}
+
+/// One round of a group commit inside the caller's transaction: read what the round touches
+/// in bulk, decide each change ([`decide`]), then write every table with one statement. Ids
+/// are the log's next ones: this process is the file's only writer, and its writes go through
+/// one connection, so nothing else can take them meanwhile.
+pub(super) async fn commit_round(
     conn: &mut SqliteConnection,
-    change: Change,
-) -> anyhow::Result<Outcome> {
-    let plan = match decide(&mut SqliteFacts(&mut *conn), change).await? {
-        Ok(plan) => plan,
-        Err(rejection) => return Ok(Outcome::Rejected(rejection)),
+    changes: Vec<Change>,
+) -> anyhow::Result<Vec<Outcome>> {
+    let (ids, key_list) = group::touched(&changes);
+    let ids = json(&ids)?;
+    let positions: HashMap<String, i64> = sqlx::query_as(
+        "SELECT id, last_event_id FROM workflows WHERE id IN (SELECT value FROM json_each(?))",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await
+    .context("reading workflows' positions")?
+    .into_iter()
+    .collect();
+    let leases: HashMap<String, (String, i64)> = sqlx::query_as::<_, (String, String, i64)>(
+        "SELECT workflow_id, owner, epoch FROM leases \
+         WHERE workflow_id IN (SELECT value FROM json_each(?))",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await
+    .context("checking leases")?
+    .into_iter()
+    .map(|(id, owner, epoch)| (id, (owner, epoch)))
+    .collect();
+    let mut keys = HashMap::new();
+    if !key_list.is_empty() {
+        keys = sqlx::query_as::<_, (String, String, String)>(
+            "SELECT key, request_hash, workflow_id FROM idempotency_keys \
+             WHERE key IN (SELECT value FROM json_each(?))",
+        )
+        .bind(json(&key_list)?)
+        .fetch_all(&mut *conn)
+        .await
+        .context("looking up idempotency keys")?
+        .into_iter()
+        .map(|(k, h, w)| (k, (h, w)))
+        .collect();
+    }
+    let mut facts = RoundFacts {
+        conn: &mut *conn,
+        positions,
+        leases,
+        keys,
     };
-    let Plan {
-        workflow_id,
-        creating,
-        mut state,
-        events,
-        encoded,
-        outputs,
-        idempotency,
-        lease,
-    } = plan;
+    let decided = group::decide_round(&mut facts, changes).await?;
+    if group::event_count(&decided) == 0 {
+        return Ok(Rows::build(decided, 0)?.1);
+    }
+    // AUTOINCREMENT: never an id the log had before, even one since deleted.
+    let first: i64 = sqlx::query_scalar(
+        "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0), \
+                    COALESCE((SELECT MAX(id) FROM events), 0)) + 1",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .context("reading the next event id")?;
+    let (rows, outcomes) = Rows::build(decided, first)?;
+    write_rows(conn, &rows).await?;
+    Ok(outcomes)
+}
 
-    let mut records = Vec::with_capacity(events.len());
-    let mut touched = BTreeSet::new();
-    let mut outputs = outputs.into_iter().peekable();
-    for (i, (s, data)) in events.into_iter().zip(encoded).enumerate() {
-        if let Some(step) = s.event.step_id() {
-            touched.insert(step.to_string());
-        }
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO events (workflow_id, type, at, data) VALUES (?, ?, ?, ?) RETURNING id",
-        )
-        .bind(&workflow_id)
-        .bind(s.event.type_name())
-        .bind(ts(s.at))
-        .bind(&data)
-        .fetch_one(&mut *conn)
-        .await
-        .context("appending an event")?;
-        if let Some((_, output)) = outputs.next_if(|(k, _)| *k == i) {
-            let step = s.event.step_id().unwrap_or_default();
-            sqlx::query(
-                "INSERT INTO outputs (event_id, workflow_id, step_id, bytes, output) \
-                 VALUES (?, ?, ?, ?, ?)",
+async fn write_rows(conn: &mut SqliteConnection, rows: &Rows) -> anyhow::Result<()> {
+    let ts_all = |v: &[DateTime<Utc>]| v.iter().map(|t| ts(*t)).collect::<Vec<_>>();
+    let ts_opt = |v: &[Option<DateTime<Utc>>]| v.iter().map(|t| t.map(ts)).collect::<Vec<_>>();
+    let events: Vec<_> = (0..rows.event_ids.len())
+        .map(|i| {
+            (
+                rows.event_ids[i],
+                &rows.event_workflows[i],
+                rows.event_types[i],
+                ts(rows.event_ats[i]),
+                &rows.event_data[i],
             )
-            .bind(id)
-            .bind(&workflow_id)
-            .bind(step)
-            .bind(output.len() as i64)
-            .bind(&*output)
-            .execute(&mut *conn)
-            .await
-            .context("storing a step's output")?;
-        }
-        let rec = EventRecord {
-            id,
-            workflow_id: workflow_id.clone(),
-            at: s.at,
-            event: s.event,
-        };
-        state
-            .apply(&rec)
-            .context("an event that passed the dry run did not apply")?;
-        records.push(rec);
-    }
-
-    write_projection(conn, &state, creating, &touched).await?;
-
-    if let Some((key, hash)) = idempotency {
+        })
+        .collect();
+    sqlx::query(
+        "INSERT INTO events (id, workflow_id, type, at, data) \
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 FROM json_each(?)",
+    )
+    .bind(json(&events)?)
+    .execute(&mut *conn)
+    .await
+    .context("appending events")?;
+    // Outputs one by one: they may be megabytes each, not worth copying into a JSON array.
+    for i in 0..rows.outputs.len() {
         sqlx::query(
-            "INSERT INTO idempotency_keys (key, request_hash, workflow_id, created_at) \
-             VALUES (?, ?, ?, ?)",
+            "INSERT INTO outputs (event_id, workflow_id, step_id, bytes, output) \
+             VALUES (?, ?, ?, ?, ?)",
         )
-        .bind(key)
-        .bind(hash)
-        .bind(&workflow_id)
-        .bind(ts(state.updated_at.unwrap_or_else(Utc::now)))
+        .bind(rows.output_events[i])
+        .bind(&rows.output_workflows[i])
+        .bind(&rows.output_steps[i])
+        .bind(rows.output_bytes[i])
+        .bind(&*rows.outputs[i])
         .execute(&mut *conn)
         .await
-        .context("recording an idempotency key")?;
+        .context("storing a step's output")?;
     }
-    if let Some((fence, ttl)) = lease {
-        sqlx::query(
-            "INSERT INTO leases (workflow_id, owner, epoch, expires_at) VALUES (?, ?, ?, ?)",
-        )
-        .bind(&workflow_id)
-        .bind(&*fence.owner)
-        .bind(fence.epoch)
-        .bind(ts(Utc::now() + ttl))
-        .execute(&mut *conn)
-        .await
-        .context("taking a new workflow's lease")?;
-    }
-    if state.status.is_terminal() {
-        // Nothing left to run: no engine needs to hold it.
-        sqlx::query("DELETE FROM leases WHERE workflow_id = ?")
-            .bind(&workflow_id)
-            .execute(&mut *conn)
-            .await
-            .context("releasing a finished workflow's lease")?;
-    }
-
-    Ok(Outcome::Committed {
-        records,
-        state: Box::new(state),
-    })
-}
-
-/// What [`decide`] reads, from SQLite.
-struct SqliteFacts<'c>(&'c mut SqliteConnection);
-
-impl Facts for SqliteFacts<'_> {
-    async fn idempotency_key(&mut self, key: &str) -> anyhow::Result<Option<(String, String)>> {
-        sqlx::query_as("SELECT request_hash, workflow_id FROM idempotency_keys WHERE key = ?")
-            .bind(key)
-            .fetch_optional(&mut *self.0)
-            .await
-            .context("looking up an idempotency key")
-    }
-
-    async fn lease(&mut self, workflow_id: &str) -> anyhow::Result<Option<(String, i64)>> {
-        sqlx::query_as("SELECT owner, epoch FROM leases WHERE workflow_id = ?")
-            .bind(workflow_id)
-            .fetch_optional(&mut *self.0)
-            .await
-            .context("checking a lease")
-    }
-
-    async fn position(&mut self, workflow_id: &str) -> anyhow::Result<Option<i64>> {
-        sqlx::query_scalar("SELECT last_event_id FROM workflows WHERE id = ?")
-            .bind(workflow_id)
-            .fetch_optional(&mut *self.0)
-            .await
-            .context("checking a workflow's position")
-    }
-
-    async fn state(&mut self, workflow_id: &str) -> anyhow::Result<Option<WorkflowState>> {
-        load_state(self.0, workflow_id).await
-    }
-}
-
-async fn write_projection(
-    conn: &mut SqliteConnection,
-    state: &WorkflowState,
-    creating: bool,
-    touched: &BTreeSet<String>,
-) -> anyhow::Result<()> {
-    let json = serde_json::to_string(state).context("encoding a workflow state")?;
-    let now = state.updated_at.map(ts).unwrap_or_default();
-    let created = state.created_at.map(ts).unwrap_or_else(|| now.clone());
+    let (created, updated, wake) = (
+        ts_all(&rows.wf_created),
+        ts_all(&rows.wf_updated),
+        ts_opt(&rows.wf_wake),
+    );
+    let workflows: Vec<_> = (0..rows.wf_ids.len())
+        .map(|i| {
+            (
+                &rows.wf_ids[i],
+                &rows.wf_names[i],
+                rows.wf_statuses[i],
+                &rows.wf_states[i],
+                &created[i],
+                &updated[i],
+                rows.wf_last[i],
+                &wake[i],
+            )
+        })
+        .collect();
+    // `WHERE true`: SQLite's grammar needs it between a SELECT and ON CONFLICT.
     sqlx::query(
         "INSERT INTO workflows (id, name, status, state, created_at, updated_at, last_event_id, next_wake_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
+                value ->> 6, value ->> 7 FROM json_each(?) WHERE true \
          ON CONFLICT (id) DO UPDATE SET status = excluded.status, state = excluded.state, \
            updated_at = excluded.updated_at, last_event_id = excluded.last_event_id, \
            next_wake_at = excluded.next_wake_at",
     )
-    .bind(&state.id)
-    .bind(&state.name)
-    .bind(state.status.as_str())
-    .bind(json)
-    .bind(created)
-    .bind(&now)
-    .bind(state.last_event_id)
-    .bind(state.next_wake().map(ts))
+    .bind(json(&workflows)?)
     .execute(&mut *conn)
     .await
-    .context("updating the workflow projection")?;
-
-    // A manual retry resets descendants too, so on anything but a plain step event all
-    // steps are rewritten; otherwise only the ones the events named.
-    for step in &state.steps {
-        if !creating && !touched.is_empty() && !touched.contains(&step.id) {
-            continue;
-        }
+    .context("updating workflow projections")?;
+    if !rows.step_ids.is_empty() {
+        let (next, updated) = (ts_opt(&rows.step_next), ts_all(&rows.step_updated));
+        let steps: Vec<_> = (0..rows.step_ids.len())
+            .map(|i| {
+                (
+                    &rows.step_workflows[i],
+                    &rows.step_ids[i],
+                    rows.step_statuses[i],
+                    rows.step_attempts[i],
+                    &rows.step_sessions[i],
+                    &next[i],
+                    &updated[i],
+                )
+            })
+            .collect();
         sqlx::query(
             "INSERT INTO steps (workflow_id, step_id, status, attempt, session_id, next_attempt_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) \
+             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
+                    value ->> 6 FROM json_each(?) WHERE true \
              ON CONFLICT (workflow_id, step_id) DO UPDATE SET status = excluded.status, \
                attempt = excluded.attempt, session_id = excluded.session_id, \
                next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at",
         )
-        .bind(&state.id)
-        .bind(&step.id)
-        .bind(step.status.as_str())
-        .bind(step.attempt as i64)
-        .bind(&step.session_id)
-        .bind(step.next_attempt_at.map(ts))
-        .bind(&now)
+        .bind(json(&steps)?)
         .execute(&mut *conn)
         .await
-        .context("updating a step projection")?;
+        .context("updating step projections")?;
+    }
+    if !rows.key_keys.is_empty() {
+        let created = ts_all(&rows.key_created);
+        let keys: Vec<_> = (0..rows.key_keys.len())
+            .map(|i| {
+                (
+                    &rows.key_keys[i],
+                    &rows.key_hashes[i],
+                    &rows.key_workflows[i],
+                    &created[i],
+                )
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO idempotency_keys (key, request_hash, workflow_id, created_at) \
+             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?)",
+        )
+        .bind(json(&keys)?)
+        .execute(&mut *conn)
+        .await
+        .context("recording idempotency keys")?;
+    }
+    if !rows.lease_workflows.is_empty() {
+        let now = Utc::now();
+        let leases: Vec<_> = (0..rows.lease_workflows.len())
+            .map(|i| {
+                (
+                    &rows.lease_workflows[i],
+                    &rows.lease_owners[i],
+                    rows.lease_epochs[i],
+                    ts(now + chrono::Duration::milliseconds(rows.lease_ttls_ms[i])),
+                )
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO leases (workflow_id, owner, epoch, expires_at) \
+             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?)",
+        )
+        .bind(json(&leases)?)
+        .execute(&mut *conn)
+        .await
+        .context("taking new workflows' leases")?;
+    }
+    if !rows.finished.is_empty() {
+        // Nothing left to run: no engine needs to hold them.
+        sqlx::query("DELETE FROM leases WHERE workflow_id IN (SELECT value FROM json_each(?))")
+            .bind(json(&rows.finished)?)
+            .execute(&mut *conn)
+            .await
+            .context("releasing finished workflows' leases")?;
     }
     Ok(())
 }

@@ -17,17 +17,54 @@ use std::{
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::types::{Change, Outcome};
+use super::types::{Change, Outcome, Rejection};
 
-/// How a backend writes a group of changes: in one transaction (or as few as it must), with
-/// one outcome per change in order. A change the database refuses is answered
-/// [`super::Rejection::Unstorable`] without failing the others; an `Err` means nothing of
-/// the group was written (I/O, a lost connection) and every caller may try again.
+/// How a backend writes a group of changes: in one transaction, with one outcome per change
+/// in order. An `Err` means nothing of the group was written (I/O, a lost connection) and
+/// every caller may try again.
 pub(super) trait GroupCommit: Clone + Send + Sync + 'static {
-    fn commit_group(
+    /// Writes `changes` in one transaction.
+    fn commit_changes(
         &self,
         changes: Vec<Change>,
     ) -> impl Future<Output = anyhow::Result<Vec<Outcome>>> + Send;
+
+    /// Whether the database refused a value (too big, a constraint, bytes it cannot hold)
+    /// rather than failed: retrying the same change can never succeed.
+    fn refused_value(e: &anyhow::Error) -> bool;
+
+    /// Commits the group. If the database refuses a value, nothing of it is kept and its
+    /// changes are committed one at a time, so the change at fault is answered
+    /// [`Rejection::Unstorable`] and the others commit.
+    fn commit_group(
+        &self,
+        changes: Vec<Change>,
+    ) -> impl Future<Output = anyhow::Result<Vec<Outcome>>> + Send {
+        async move {
+            match self.commit_changes(changes.clone()).await {
+                Err(e) if Self::refused_value(&e) => {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "a checkpoint was refused; committing its changes one by one"
+                    );
+                }
+                done => return done,
+            }
+            let mut outcomes = Vec::with_capacity(changes.len());
+            for change in changes {
+                let workflow_id = change.workflow_id.clone();
+                match self.commit_changes(vec![change]).await {
+                    Ok(mut one) => outcomes.append(&mut one),
+                    Err(e) if Self::refused_value(&e) => {
+                        tracing::error!(workflow = %workflow_id, error = format!("{e:#}"), "the database refused a change");
+                        outcomes.push(Outcome::Rejected(Rejection::Unstorable(format!("{e:#}"))));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(outcomes)
+        }
+    }
 }
 
 /// Requests merged into one transaction at most.

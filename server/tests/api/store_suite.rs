@@ -433,3 +433,40 @@ async fn listeners(admin: &mut sqlx::PgConnection, db: &TestDb) -> Vec<i32> {
     .await
     .unwrap()
 }
+
+/// Postgres refuses a NUL in a text column (here a session id an agent reported): that change
+/// alone is answered `Unstorable`, and the rest of its group commits.
+#[tokio::test]
+async fn a_value_postgres_refuses_fails_its_change_alone() {
+    let db = Db::postgres().await;
+    let store = db.store().await;
+    let (good, bad) = (create(&store).await, create(&store).await);
+    let mut refused = event(&bad, Event::WorkflowStarted {});
+    refused.events.push(Stamped {
+        at: Utc::now(),
+        event: Event::StepStarted {
+            step_id: "a".into(),
+            attempt: 1,
+            task: "A".into(),
+            task_bytes: None,
+            session_id: Some("sess\0ion".into()),
+        },
+    });
+    let out = store
+        .commit(vec![event(&good, Event::WorkflowStarted {}), refused])
+        .await
+        .unwrap();
+    assert!(matches!(out[0], Outcome::Committed { .. }), "{out:?}");
+    assert!(
+        matches!(&out[1], Outcome::Rejected(Rejection::Unstorable(_))),
+        "{out:?}"
+    );
+    let bad_state = store.load(&bad).await.unwrap().unwrap();
+    assert_eq!(
+        bad_state.status,
+        cairn::WorkflowStatus::Pending,
+        "nothing of it was written"
+    );
+    let good_state = store.load(&good).await.unwrap().unwrap();
+    assert_eq!(good_state.status, cairn::WorkflowStatus::Running);
+}
