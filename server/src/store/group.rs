@@ -245,7 +245,10 @@ impl Rows {
             self.key_workflows.push(workflow_id.clone());
             self.key_created.push(now);
         }
-        if let Some((Fence { owner, epoch }, ttl)) = lease {
+        // (A workflow that ends in the change that creates it needs no lease.)
+        if let Some((Fence { owner, epoch }, ttl)) = lease
+            && !state.status.is_terminal()
+        {
             self.lease_workflows.push(workflow_id.clone());
             self.lease_owners.push(owner.to_string());
             self.lease_epochs.push(epoch);

@@ -1,8 +1,9 @@
 //! Postgres: one database that any number of instances share.
 //!
 //! Reads go straight to a pool. Writes go through each instance's group commit
-//! ([`GroupCommit`]): a constant number of round trips per group, with array (`UNNEST`)
-//! inserts and upserts rather than a statement per row. The rules that decide whether a
+//! ([`GroupCommit`]): a constant number of round trips per group whatever its size (begin,
+//! lock, read leases, take ids, write, commit), with array (`UNNEST`) inserts and upserts
+//! rather than a statement per row. The rules that decide whether a
 //! change applies are the backend-free [`decide`]; this module reads the rows it needs and
 //! writes the plan.
 //!
@@ -425,7 +426,6 @@ impl LoadState for PgConnection {
 }
 
 impl PgStore {
-    /// One transaction, round after round (see [`group::rounds`]), then one notification.
     /// One transaction, round after round (see [`super::group::rounds`]).
     async fn commit_in_one(&self, changes: Vec<Change>) -> anyhow::Result<Vec<Outcome>> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; changes.len()];
@@ -435,23 +435,12 @@ impl PgStore {
             .await
             .context("acquiring a connection")?;
         let mut tx = conn.begin().await.context("beginning a checkpoint")?;
-        let mut last = None;
         for round in group::rounds(changes) {
             let (slots, round): (Vec<usize>, Vec<Change>) = round.into_iter().unzip();
-            let (results, newest) = commit_round(&mut tx, round).await?;
-            last = newest.or(last);
+            let results = commit_round(&mut tx, round, &self.channel).await?;
             for (slot, outcome) in slots.into_iter().zip(results) {
                 outcomes[slot] = Some(outcome);
             }
-        }
-        if let Some(last) = last {
-            // One notification per checkpoint, ids only: listeners read the log themselves.
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(&*self.channel)
-                .bind(last.to_string())
-                .execute(&mut *tx)
-                .await
-                .context("notifying listeners")?;
         }
         tx.commit().await.context("committing a checkpoint")?;
         outcomes
@@ -461,12 +450,13 @@ impl PgStore {
     }
 }
 
-/// One round inside the checkpoint's transaction: lock, read, decide, take ids, write.
-/// Returns the outcomes and the newest event id written, if any.
+/// One round inside the checkpoint's transaction: lock, read, decide, take ids, write and
+/// notify `channel`.
 async fn commit_round(
     tx: &mut PgConnection,
     changes: Vec<Change>,
-) -> anyhow::Result<(Vec<Outcome>, Option<i64>)> {
+    channel: &str,
+) -> anyhow::Result<Vec<Outcome>> {
     let (ids, key_list) = group::touched(&changes);
     // 1. Lock the rows of the workflows that exist, in id order (no deadlocks between
     //    instances), then read their leases in a statement of its own: it sees a takeover
@@ -525,7 +515,7 @@ async fn commit_round(
     let decided = group::decide_round(&mut facts, changes).await?;
     let total = group::event_count(&decided);
     if total == 0 {
-        return Ok((Rows::build(decided, 0)?.1, None));
+        return Ok(Rows::build(decided, 0)?.1);
     }
 
     // 4. Take the ids: the log head's row lock is the last lock taken.
@@ -536,47 +526,58 @@ async fn commit_round(
             .await
             .context("taking event ids")?;
     let (rows, outcomes) = Rows::build(decided, first)?;
-    write_rows(tx, &rows).await?;
-    Ok((outcomes, Some(first + total - 1)))
+    write_rows(tx, &rows, channel, first + total - 1).await?;
+    Ok(outcomes)
 }
 
-/// 5. Every table with one statement each.
-async fn write_rows(tx: &mut PgConnection, rows: &Rows) -> anyhow::Result<()> {
+/// 5. Every table in one statement: one data-modifying CTE per table (foreign keys are
+///    checked at the end of the statement, when all of them are written), and the one
+///    notification of the round, ids only: listeners read the log themselves.
+async fn write_rows(
+    tx: &mut PgConnection,
+    rows: &Rows,
+    channel: &str,
+    last: i64,
+) -> anyhow::Result<()> {
+    let outputs: Vec<&[u8]> = rows.outputs.iter().map(|o| o.as_bytes()).collect();
     sqlx::query(
-        "INSERT INTO events (id, workflow_id, type, at, data) \
-         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])",
+        "WITH \
+         events_written AS (INSERT INTO events (id, workflow_id, type, at, data) \
+           SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])), \
+         outputs_written AS (INSERT INTO outputs (event_id, workflow_id, step_id, bytes, output) \
+           SELECT * FROM UNNEST($6::bigint[], $7::text[], $8::text[], $9::bigint[], $10::bytea[])), \
+         workflows_written AS (INSERT INTO workflows \
+             (id, name, status, state, created_at, updated_at, last_event_id, next_wake_at) \
+           SELECT * FROM UNNEST($11::text[], $12::text[], $13::text[], $14::text[], \
+             $15::timestamptz[], $16::timestamptz[], $17::bigint[], $18::timestamptz[]) \
+           ON CONFLICT (id) DO UPDATE SET status = excluded.status, state = excluded.state, \
+             updated_at = excluded.updated_at, last_event_id = excluded.last_event_id, \
+             next_wake_at = excluded.next_wake_at), \
+         steps_written AS (INSERT INTO steps \
+             (workflow_id, step_id, status, attempt, session_id, next_attempt_at, updated_at) \
+           SELECT * FROM UNNEST($19::text[], $20::text[], $21::text[], $22::bigint[], $23::text[], \
+             $24::timestamptz[], $25::timestamptz[]) \
+           ON CONFLICT (workflow_id, step_id) DO UPDATE SET status = excluded.status, \
+             attempt = excluded.attempt, session_id = excluded.session_id, \
+             next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at), \
+         keys_written AS (INSERT INTO idempotency_keys (key, request_hash, workflow_id, created_at) \
+           SELECT * FROM UNNEST($26::text[], $27::text[], $28::text[], $29::timestamptz[])), \
+         leases_taken AS (INSERT INTO leases (workflow_id, owner, epoch, expires_at) \
+           SELECT w, o, e, now() + t * interval '1 millisecond' \
+           FROM UNNEST($30::text[], $31::text[], $32::bigint[], $33::bigint[]) AS l(w, o, e, t)), \
+         leases_released AS (DELETE FROM leases WHERE workflow_id = ANY($34)) \
+         SELECT pg_notify($35, $36)",
     )
     .bind(&rows.event_ids)
     .bind(&rows.event_workflows)
     .bind(&rows.event_types)
     .bind(&rows.event_ats)
     .bind(&rows.event_data)
-    .execute(&mut *tx)
-    .await
-    .context("appending events")?;
-    if !rows.outputs.is_empty() {
-        let bytes: Vec<&[u8]> = rows.outputs.iter().map(|o| o.as_bytes()).collect();
-        sqlx::query(
-            "INSERT INTO outputs (event_id, workflow_id, step_id, bytes, output) \
-             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bytea[])",
-        )
-        .bind(&rows.output_events)
-        .bind(&rows.output_workflows)
-        .bind(&rows.output_steps)
-        .bind(&rows.output_bytes)
-        .bind(&bytes)
-        .execute(&mut *tx)
-        .await
-        .context("storing outputs")?;
-    }
-    sqlx::query(
-        "INSERT INTO workflows (id, name, status, state, created_at, updated_at, last_event_id, next_wake_at) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], \
-                              $6::timestamptz[], $7::bigint[], $8::timestamptz[]) \
-         ON CONFLICT (id) DO UPDATE SET status = excluded.status, state = excluded.state, \
-           updated_at = excluded.updated_at, last_event_id = excluded.last_event_id, \
-           next_wake_at = excluded.next_wake_at",
-    )
+    .bind(&rows.output_events)
+    .bind(&rows.output_workflows)
+    .bind(&rows.output_steps)
+    .bind(&rows.output_bytes)
+    .bind(&outputs)
     .bind(&rows.wf_ids)
     .bind(&rows.wf_names)
     .bind(&rows.wf_statuses)
@@ -585,64 +586,27 @@ async fn write_rows(tx: &mut PgConnection, rows: &Rows) -> anyhow::Result<()> {
     .bind(&rows.wf_updated)
     .bind(&rows.wf_last)
     .bind(&rows.wf_wake)
+    .bind(&rows.step_workflows)
+    .bind(&rows.step_ids)
+    .bind(&rows.step_statuses)
+    .bind(&rows.step_attempts)
+    .bind(&rows.step_sessions)
+    .bind(&rows.step_next)
+    .bind(&rows.step_updated)
+    .bind(&rows.key_keys)
+    .bind(&rows.key_hashes)
+    .bind(&rows.key_workflows)
+    .bind(&rows.key_created)
+    .bind(&rows.lease_workflows)
+    .bind(&rows.lease_owners)
+    .bind(&rows.lease_epochs)
+    .bind(&rows.lease_ttls_ms)
+    .bind(&rows.finished)
+    .bind(channel)
+    .bind(last.to_string())
     .execute(&mut *tx)
     .await
-    .context("updating workflow projections")?;
-    if !rows.step_ids.is_empty() {
-        sqlx::query(
-            "INSERT INTO steps (workflow_id, step_id, status, attempt, session_id, next_attempt_at, updated_at) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], \
-                                  $6::timestamptz[], $7::timestamptz[]) \
-             ON CONFLICT (workflow_id, step_id) DO UPDATE SET status = excluded.status, \
-               attempt = excluded.attempt, session_id = excluded.session_id, \
-               next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at",
-        )
-        .bind(&rows.step_workflows)
-        .bind(&rows.step_ids)
-        .bind(&rows.step_statuses)
-        .bind(&rows.step_attempts)
-        .bind(&rows.step_sessions)
-        .bind(&rows.step_next)
-        .bind(&rows.step_updated)
-        .execute(&mut *tx)
-        .await
-        .context("updating step projections")?;
-    }
-    if !rows.key_keys.is_empty() {
-        sqlx::query(
-            "INSERT INTO idempotency_keys (key, request_hash, workflow_id, created_at) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[])",
-        )
-        .bind(&rows.key_keys)
-        .bind(&rows.key_hashes)
-        .bind(&rows.key_workflows)
-        .bind(&rows.key_created)
-        .execute(&mut *tx)
-        .await
-        .context("recording idempotency keys")?;
-    }
-    if !rows.lease_workflows.is_empty() {
-        sqlx::query(
-            "INSERT INTO leases (workflow_id, owner, epoch, expires_at) \
-             SELECT w, o, e, now() + t * interval '1 millisecond' \
-             FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS l(w, o, e, t)",
-        )
-        .bind(&rows.lease_workflows)
-        .bind(&rows.lease_owners)
-        .bind(&rows.lease_epochs)
-        .bind(&rows.lease_ttls_ms)
-        .execute(&mut *tx)
-        .await
-        .context("taking new workflows' leases")?;
-    }
-    if !rows.finished.is_empty() {
-        // Nothing left to run: no instance needs to hold them.
-        sqlx::query("DELETE FROM leases WHERE workflow_id = ANY($1)")
-            .bind(&rows.finished)
-            .execute(&mut *tx)
-            .await
-            .context("releasing finished workflows' leases")?;
-    }
+    .context("writing a checkpoint")?;
     Ok(())
 }
 
