@@ -644,6 +644,20 @@ impl Engine {
         // Oldest first, so a flood of new workflows cannot starve the ones already running.
         ids.sort_by_key(|id| self.owned[id].state.created_at);
         for id in ids {
+            // Only workflows with something to do get a draft (a copy of their state): with
+            // thousands running, most are waiting on an attempt at any tick.
+            if !drafts.contains_key(&id)
+                && self.owned.get(&id).is_none_or(|o| {
+                    let s = &o.state;
+                    o.fail_next.is_none()
+                        && (s.status != WorkflowStatus::Running
+                            || (!s.is_finished()
+                                && !s.is_blocked()
+                                && s.ready_steps(now).is_empty()))
+                })
+            {
+                continue;
+            }
             let fail_next = self.owned.get_mut(&id).and_then(|o| o.fail_next.take());
             let whole = self
                 .owned
