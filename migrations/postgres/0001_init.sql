@@ -37,7 +37,8 @@ CREATE TABLE workflows (
     id            TEXT        PRIMARY KEY,
     name          TEXT        NOT NULL,
     status        TEXT        NOT NULL,
-    state         TEXT        NOT NULL,  -- cairn::WorkflowState as JSON
+    state         TEXT        NOT NULL,  -- cairn::WorkflowState as JSON, without its spec
+    spec          TEXT,                  -- its spec as JSON, written once at creation
     created_at    TIMESTAMPTZ NOT NULL,
     updated_at    TIMESTAMPTZ NOT NULL,
     last_event_id BIGINT      NOT NULL,

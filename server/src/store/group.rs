@@ -128,6 +128,8 @@ pub(super) struct Rows {
     pub wf_names: Vec<String>,
     pub wf_statuses: Vec<&'static str>,
     pub wf_states: Vec<String>,
+    /// The spec of a workflow being created (written once), `None` for the others.
+    pub wf_specs: Vec<Option<String>>,
     pub wf_created: Vec<DateTime<Utc>>,
     pub wf_updated: Vec<DateTime<Utc>>,
     pub wf_last: Vec<i64>,
@@ -219,8 +221,9 @@ impl Rows {
         self.wf_ids.push(state.id.clone());
         self.wf_names.push(state.name.clone());
         self.wf_statuses.push(state.status.as_str());
-        self.wf_states
-            .push(serde_json::to_string(&state).context("encoding a workflow state")?);
+        let (json, spec) = encode_state(&mut state, creating)?;
+        self.wf_states.push(json);
+        self.wf_specs.push(spec);
         self.wf_created.push(state.created_at.unwrap_or(now));
         self.wf_updated.push(now);
         self.wf_last.push(state.last_event_id);
@@ -261,5 +264,62 @@ impl Rows {
             records,
             state: Box::new(state),
         })
+    }
+}
+
+/// A state as stored: its JSON without the spec (rewritten at every checkpoint, so kept
+/// small) and, when `creating`, the spec's JSON, written once beside it.
+fn encode_state(
+    state: &mut WorkflowState,
+    creating: bool,
+) -> anyhow::Result<(String, Option<String>)> {
+    let spec = state.spec.take();
+    let json = serde_json::to_string(&*state).context("encoding a workflow state");
+    state.spec = spec;
+    let spec = match (&state.spec, creating) {
+        (Some(spec), true) => Some(serde_json::to_string(spec).context("encoding a spec")?),
+        _ => None,
+    };
+    Ok((json?, spec))
+}
+
+/// A stored state put back together with its spec (rows written before the spec was stored
+/// apart carry it inside `state`).
+pub(super) fn decode_state(state: &str, spec: Option<&str>) -> anyhow::Result<WorkflowState> {
+    let mut decoded: WorkflowState =
+        serde_json::from_str(state).context("decoding a stored workflow state")?;
+    if let Some(spec) = spec {
+        decoded.spec = Some(serde_json::from_str(spec).context("decoding a stored spec")?);
+    }
+    Ok(decoded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_is_stored_without_its_spec_and_read_back_whole() {
+        let spec = cairn::parse_spec(
+            r#"{"steps":[{"id":"a","role":"r","task":"t"}]}"#,
+            &cairn::ParseOptions::default(),
+        )
+        .unwrap();
+        let mut state = WorkflowState::new("wf_1");
+        let created = EventRecord::new(
+            1,
+            "wf_1",
+            Utc::now(),
+            cairn::Event::WorkflowCreated { spec, by: None },
+        );
+        state.apply(&created).unwrap();
+        let whole = serde_json::to_string(&state).unwrap();
+        let (json, spec) = encode_state(&mut state, true).unwrap();
+        assert!(json.len() < whole.len() && !json.contains("\"task\":\"t\""));
+        assert!(state.spec.is_some(), "the state in memory keeps its spec");
+        assert_eq!(decode_state(&json, spec.as_deref()).unwrap(), state);
+        // Later checkpoints do not write the spec again; rows from before keep it inside.
+        assert_eq!(encode_state(&mut state, false).unwrap().1, None);
+        assert_eq!(decode_state(&whole, None).unwrap(), state);
     }
 }

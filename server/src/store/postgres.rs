@@ -242,7 +242,7 @@ impl PgStore {
                  epoch = leases.epoch + 1, expires_at = excluded.expires_at \
                  WHERE leases.expires_at < now() \
                RETURNING workflow_id, epoch) \
-             SELECT w.state, t.epoch, c.previous_owner FROM taken t \
+             SELECT w.state, w.spec, t.epoch, c.previous_owner FROM taken t \
              JOIN cand c ON c.id = t.workflow_id JOIN workflows w ON w.id = t.workflow_id \
              ORDER BY w.created_at",
         )
@@ -254,8 +254,7 @@ impl PgStore {
         .context("claiming workflows")?;
         rows.iter()
             .map(|row| {
-                let state: WorkflowState = serde_json::from_str(row.get::<&str, _>("state"))
-                    .context("decoding a stored workflow state")?;
+                let state = group::decode_state(row.get("state"), row.get("spec"))?;
                 Ok(Claimed {
                     state,
                     fence: Fence {
@@ -377,12 +376,13 @@ fn record_from_row(row: &sqlx::postgres::PgRow) -> anyhow::Result<EventRecord> {
 }
 
 async fn load_state(conn: &mut PgConnection, id: &str) -> anyhow::Result<Option<WorkflowState>> {
-    let json: Option<String> = sqlx::query_scalar("SELECT state FROM workflows WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await
-        .context("loading a workflow")?;
-    json.map(|j| serde_json::from_str(&j).context("decoding a stored workflow state"))
+    let row: Option<(String, Option<String>)> =
+        sqlx::query_as("SELECT state, spec FROM workflows WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await
+            .context("loading a workflow")?;
+    row.map(|(state, spec)| group::decode_state(&state, spec.as_deref()))
         .transpose()
 }
 
@@ -547,9 +547,9 @@ async fn write_rows(
          outputs_written AS (INSERT INTO outputs (event_id, workflow_id, step_id, bytes, output) \
            SELECT * FROM UNNEST($6::bigint[], $7::text[], $8::text[], $9::bigint[], $10::bytea[])), \
          workflows_written AS (INSERT INTO workflows \
-             (id, name, status, state, created_at, updated_at, last_event_id, next_wake_at) \
+             (id, name, status, state, created_at, updated_at, last_event_id, next_wake_at, spec) \
            SELECT * FROM UNNEST($11::text[], $12::text[], $13::text[], $14::text[], \
-             $15::timestamptz[], $16::timestamptz[], $17::bigint[], $18::timestamptz[]) \
+             $15::timestamptz[], $16::timestamptz[], $17::bigint[], $18::timestamptz[], $37::text[]) \
            ON CONFLICT (id) DO UPDATE SET status = excluded.status, state = excluded.state, \
              updated_at = excluded.updated_at, last_event_id = excluded.last_event_id, \
              next_wake_at = excluded.next_wake_at), \
@@ -604,6 +604,7 @@ async fn write_rows(
     .bind(&rows.finished)
     .bind(channel)
     .bind(last.to_string())
+    .bind(&rows.wf_specs)
     .execute(&mut *tx)
     .await
     .context("writing a checkpoint")?;

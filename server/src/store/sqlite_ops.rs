@@ -154,6 +154,7 @@ async fn write_rows(conn: &mut SqliteConnection, rows: &Rows) -> anyhow::Result<
                 &rows.wf_names[i],
                 rows.wf_statuses[i],
                 &rows.wf_states[i],
+                &rows.wf_specs[i],
                 &created[i],
                 &updated[i],
                 rows.wf_last[i],
@@ -163,9 +164,9 @@ async fn write_rows(conn: &mut SqliteConnection, rows: &Rows) -> anyhow::Result<
         .collect();
     // `WHERE true`: SQLite's grammar needs it between a SELECT and ON CONFLICT.
     sqlx::query(
-        "INSERT INTO workflows (id, name, status, state, created_at, updated_at, last_event_id, next_wake_at) \
+        "INSERT INTO workflows (id, name, status, state, spec, created_at, updated_at, last_event_id, next_wake_at) \
          SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
-                value ->> 6, value ->> 7 FROM json_each(?) WHERE true \
+                value ->> 6, value ->> 7, value ->> 8 FROM json_each(?) WHERE true \
          ON CONFLICT (id) DO UPDATE SET status = excluded.status, state = excluded.state, \
            updated_at = excluded.updated_at, last_event_id = excluded.last_event_id, \
            next_wake_at = excluded.next_wake_at",
@@ -260,12 +261,13 @@ pub(super) async fn load_state(
     conn: &mut SqliteConnection,
     id: &str,
 ) -> anyhow::Result<Option<WorkflowState>> {
-    let json: Option<String> = sqlx::query_scalar("SELECT state FROM workflows WHERE id = ?")
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await
-        .context("loading a workflow")?;
-    json.map(|j| serde_json::from_str(&j).context("decoding a stored workflow state"))
+    let row: Option<(String, Option<String>)> =
+        sqlx::query_as("SELECT state, spec FROM workflows WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await
+            .context("loading a workflow")?;
+    row.map(|(state, spec)| group::decode_state(&state, spec.as_deref()))
         .transpose()
 }
 
@@ -379,7 +381,7 @@ pub(super) async fn claim(
     steal: bool,
 ) -> anyhow::Result<Vec<Claimed>> {
     let rows = sqlx::query(
-        "SELECT w.id, w.state, l.owner AS lease_owner, l.epoch AS lease_epoch \
+        "SELECT w.id, w.state, w.spec, l.owner AS lease_owner, l.epoch AS lease_epoch \
          FROM workflows w LEFT JOIN leases l ON l.workflow_id = w.id \
          WHERE w.status IN ('pending', 'running', 'stalled') \
            AND (l.workflow_id IS NULL OR l.expires_at < ?2 OR (l.owner <> ?1 AND ?3)) \
@@ -399,8 +401,7 @@ pub(super) async fn claim(
         let id: String = row.get("id");
         let previous_owner: Option<String> = row.get("lease_owner");
         let epoch = row.get::<Option<i64>, _>("lease_epoch").unwrap_or(0) + 1;
-        let state: WorkflowState = serde_json::from_str(row.get::<&str, _>("state"))
-            .context("decoding a stored workflow state")?;
+        let state = group::decode_state(row.get("state"), row.get("spec"))?;
         sqlx::query(
             "INSERT INTO leases (workflow_id, owner, epoch, expires_at) VALUES (?, ?, ?, ?) \
              ON CONFLICT (workflow_id) DO UPDATE SET owner = excluded.owner, \
