@@ -33,7 +33,8 @@ pub(super) struct Plan {
     pub workflow_id: String,
     /// Whether the change creates it.
     pub creating: bool,
-    /// The state the events fold onto (a fresh one for a new workflow).
+    /// The state after the events, folded once here; its `last_event_id` is provisional
+    /// until the backend gives the events their ids ([`Plan::set_ids`]).
     pub state: WorkflowState,
     /// The events, times kept to the microsecond, outputs and tasks cut to previews.
     pub events: Vec<Stamped>,
@@ -113,16 +114,19 @@ pub(super) async fn decide(
         Err(reason) => return Ok(Err(Rejection::Unstorable(reason))),
     };
 
-    // Dry run on a copy: the fold is the judge of whether these events fit.
-    let mut probe = state.clone();
+    // The fold is the judge of whether these events fit. It runs once: a refused change
+    // drops the state it was folding, and the one that applies is the state to store (only
+    // its last_event_id depends on the ids, which the backend gives when it writes).
+    let mut state = state;
+    let first = state.last_event_id + 1;
     for (i, s) in events.iter().enumerate() {
         let rec = EventRecord {
-            id: state.last_event_id + 1 + i as i64,
+            id: first + i as i64,
             workflow_id: workflow_id.clone(),
             at: s.at,
             event: s.event.clone(),
         };
-        if let Err(e) = probe.apply(&rec) {
+        if let Err(e) = state.apply(&rec) {
             return Ok(Err(Rejection::DoesNotApply(e)));
         }
     }
@@ -137,6 +141,27 @@ pub(super) async fn decide(
         idempotency,
         lease,
     }))
+}
+
+impl Plan {
+    /// Gives the events the log ids from `first` on and takes them out as records, with the
+    /// state's `last_event_id` set to the last of them.
+    pub fn set_ids(&mut self, first: i64) -> Vec<EventRecord> {
+        let records: Vec<EventRecord> = std::mem::take(&mut self.events)
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| EventRecord {
+                id: first + i as i64,
+                workflow_id: self.workflow_id.clone(),
+                at: s.at,
+                event: s.event,
+            })
+            .collect();
+        if let Some(last) = records.last() {
+            self.state.last_event_id = last.id;
+        }
+        records
+    }
 }
 
 /// Whether the lease row read for a workflow is the one the change was made under.
@@ -201,14 +226,11 @@ mod tests {
         }
     }
 
-    /// Folds a plan as a backend would after writing it, with ids from 1.
-    fn commit(rows: &mut Rows, plan: Plan) {
-        let mut state = plan.state;
-        for s in plan.events {
-            let rec = EventRecord::new(state.last_event_id + 1, &plan.workflow_id, s.at, s.event);
-            state.apply(&rec).unwrap();
-        }
-        rows.states.insert(plan.workflow_id, state);
+    /// Stores a plan's state as a backend would after writing it.
+    fn commit(rows: &mut Rows, mut plan: Plan) {
+        let first = plan.state.last_event_id + 1 - plan.events.len() as i64;
+        plan.set_ids(first);
+        rows.states.insert(plan.workflow_id, plan.state);
     }
 
     #[tokio::test]

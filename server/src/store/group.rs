@@ -9,7 +9,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use anyhow::Context;
-use cairn::{EventRecord, WorkflowState};
+use cairn::WorkflowState;
 use chrono::{DateTime, Utc};
 
 use super::{
@@ -172,49 +172,38 @@ impl Rows {
         Ok((rows, outcomes))
     }
 
-    fn add(&mut self, plan: Plan, next: &mut i64) -> anyhow::Result<Outcome> {
+    fn add(&mut self, mut plan: Plan, next: &mut i64) -> anyhow::Result<Outcome> {
+        let records = plan.set_ids(*next);
+        *next += records.len() as i64;
         let Plan {
             workflow_id,
             creating,
             mut state,
-            events,
             encoded,
             outputs,
             idempotency,
             lease,
+            ..
         } = plan;
         let mut outputs = outputs.into_iter().peekable();
         let mut touched = BTreeSet::new();
-        let mut records = Vec::with_capacity(events.len());
-        for (i, (s, data)) in events.into_iter().zip(encoded).enumerate() {
-            let id = *next;
-            *next += 1;
-            if let Some(step) = s.event.step_id() {
+        for (i, (rec, data)) in records.iter().zip(encoded).enumerate() {
+            if let Some(step) = rec.event.step_id() {
                 touched.insert(step.to_string());
             }
-            self.event_ids.push(id);
+            self.event_ids.push(rec.id);
             self.event_workflows.push(workflow_id.clone());
-            self.event_types.push(s.event.type_name());
-            self.event_ats.push(s.at);
+            self.event_types.push(rec.event.type_name());
+            self.event_ats.push(rec.at);
             self.event_data.push(data);
             if let Some((_, output)) = outputs.next_if(|(k, _)| *k == i) {
-                self.output_events.push(id);
+                self.output_events.push(rec.id);
                 self.output_workflows.push(workflow_id.clone());
                 self.output_steps
-                    .push(s.event.step_id().unwrap_or_default().to_string());
+                    .push(rec.event.step_id().unwrap_or_default().to_string());
                 self.output_bytes.push(output.len() as i64);
                 self.outputs.push(output);
             }
-            let rec = EventRecord {
-                id,
-                workflow_id: workflow_id.clone(),
-                at: s.at,
-                event: s.event,
-            };
-            state
-                .apply(&rec)
-                .context("an event that passed the dry run did not apply")?;
-            records.push(rec);
         }
 
         let now = state.updated_at.unwrap_or_else(Utc::now);
@@ -296,6 +285,8 @@ pub(super) fn decode_state(state: &str, spec: Option<&str>) -> anyhow::Result<Wo
 
 #[cfg(test)]
 mod tests {
+    use cairn::EventRecord;
+
     use super::*;
 
     #[test]
