@@ -309,10 +309,15 @@ impl PgStore {
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
+                let started = tokio::time::Instant::now();
                 let result = tokio::select! {
                     r = listen_once(&options, &channel, &wake) => r,
                     _ = stop.cancelled() => return,
                 };
+                // A connection that lived a while was healthy: start the backoff afresh.
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff = Duration::from_millis(100);
+                }
                 match result {
                     Ok(()) => return,
                     Err(e) => {
