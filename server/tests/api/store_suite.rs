@@ -470,3 +470,58 @@ async fn a_value_postgres_refuses_fails_its_change_alone() {
     let good_state = store.load(&good).await.unwrap().unwrap();
     assert_eq!(good_state.status, cairn::WorkflowStatus::Running);
 }
+
+/// A takeover while the old owner is still committing: a claim skips a workflow whose
+/// checkpoint holds its row, so it cannot take the lease between that checkpoint's check and
+/// its commit; once taken over, the old owner's late result is refused and leaves no trace.
+#[tokio::test]
+async fn a_takeover_waits_for_a_checkpoint_in_progress_and_then_fences_the_old_owner() {
+    use sqlx::Connection;
+    let db = Db::postgres().await;
+    let (old, new) = (db.store().await, db.store().await);
+    let id = create(&old).await;
+    let ttl = chrono::Duration::milliseconds(200);
+    let claimed = old.claim("old", ttl, 10, false).await.unwrap();
+    let fence = claimed[0].fence.clone();
+    tokio::time::sleep(Duration::from_millis(400)).await; // the old owner's lease expires
+
+    // The old owner's checkpoint is in progress: it holds the workflow's row.
+    let Db::Postgres(pg) = &db else {
+        unreachable!()
+    };
+    let mut checkpoint = pg.connect().await;
+    let mut tx = checkpoint.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM cairn.workflows WHERE id = $1 FOR UPDATE")
+        .bind(&id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let during = tokio::time::timeout(Duration::from_secs(5), new.claim("new", ttl, 10, false))
+        .await
+        .expect("a claim waited on a checkpoint in progress instead of skipping it")
+        .unwrap();
+    assert!(
+        during.is_empty(),
+        "a claim took the lease from under a checkpoint in progress"
+    );
+    tx.rollback().await.unwrap();
+
+    // Once it is done, the expired lease is taken over under a new epoch...
+    let taken = new
+        .claim("new", chrono::Duration::seconds(30), 10, false)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].fence.epoch, fence.epoch + 1);
+    assert_eq!(taken[0].previous_owner.as_deref(), Some("old"));
+    // ...and the old owner's late result is refused.
+    let before = old.history(&id, 0).await.unwrap().len();
+    let mut late = event(&id, Event::WorkflowStarted {});
+    late.fence = Some(fence);
+    let out = old.commit(vec![late]).await.unwrap();
+    assert!(
+        matches!(out[0], Outcome::Rejected(Rejection::LeaseLost)),
+        "{out:?}"
+    );
+    assert_eq!(old.history(&id, 0).await.unwrap().len(), before);
+}
