@@ -8,17 +8,10 @@ use std::{
 
 use serde_json::{Value, json};
 
-use crate::helpers::serve_binary;
+use crate::helpers::{get_json, serve_binary, start_on, wait_completed};
 
 async fn snapshot(client: &reqwest::Client, url: &str, id: &str) -> Value {
-    client
-        .get(format!("{url}/api/workflows/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    get_json(client, url, &format!("/api/workflows/{id}")).await
 }
 
 fn step_status<'a>(snap: &'a Value, step: &str) -> &'a str {
@@ -63,16 +56,7 @@ async fn a_killed_server_resumes_every_workflow_without_rerunning_completed_step
             ("backoff", &backoff),
             ("waiting", &waiting),
         ] {
-            let resp: Value = client
-                .post(format!("{url}/api/workflows"))
-                .json(spec)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            ids.push((kind, resp["id"].as_str().unwrap().to_string()));
+            ids.push((kind, start_on(&client, &url, spec).await));
         }
     }
 
@@ -102,24 +86,10 @@ async fn a_killed_server_resumes_every_workflow_without_rerunning_completed_step
     let (mut second, url) = serve_binary(&db);
     let deadline = Instant::now() + Duration::from_secs(60);
     for (_, id) in &ids {
-        loop {
-            let s = snapshot(&client, &url, id).await;
-            if s["status"] == "completed" {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{id} never completed: {s:#}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_completed(&client, &url, id, deadline).await;
     }
     for (kind, id) in &ids {
-        let h: Value = client
-            .get(format!("{url}/api/workflows/{id}/history"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let h = get_json(&client, &url, &format!("/api/workflows/{id}/history")).await;
         let events = h["events"].as_array().unwrap();
         let mut completions: HashMap<&str, usize> = HashMap::new();
         for e in events.iter().filter(|e| e["type"] == "step.completed") {

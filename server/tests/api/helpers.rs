@@ -176,3 +176,49 @@ pub fn serve_binary_on(
         .expect("cairn never said where it listens");
     (child, url)
 }
+
+/// `GET {base}{path}` on a server started with [`serve_binary`], as JSON.
+pub async fn get_json(client: &reqwest::Client, base: &str, path: &str) -> serde_json::Value {
+    client
+        .get(format!("{base}{path}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Starts a workflow on the server at `base` (expecting a 202) and returns its id.
+pub async fn start_on(client: &reqwest::Client, base: &str, spec: &serde_json::Value) -> String {
+    let resp = client
+        .post(format!("{base}/api/workflows"))
+        .json(spec)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    body["id"].as_str().unwrap().to_string()
+}
+
+/// Waits until the workflow `id` on the server at `base` has completed, or panics at
+/// `deadline` with its last state.
+pub async fn wait_completed(
+    client: &reqwest::Client,
+    base: &str,
+    id: &str,
+    deadline: std::time::Instant,
+) {
+    loop {
+        let s = get_json(client, base, &format!("/api/workflows/{id}")).await;
+        if s["status"] == "completed" {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{id} never completed: {s:#}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -9,7 +9,11 @@ use std::{
 
 use serde_json::{Value, json};
 
-use crate::{helpers::serve_binary_on, pg::TestDb, sse::Sse};
+use crate::{
+    helpers::{get_json, serve_binary_on, start_on, wait_completed},
+    pg::TestDb,
+    sse::Sse,
+};
 
 /// Kills the child when the test ends, however it ends.
 struct Server {
@@ -27,12 +31,7 @@ impl Drop for Server {
 
 async fn serve(db: &TestDb, config: &std::path::Path) -> Server {
     let (child, url) = serve_binary_on(&db.url, Some(config));
-    let health: Value = reqwest::get(format!("{url}/api/health"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = get_json(&reqwest::Client::new(), &url, "/api/health").await;
     assert_eq!(health["store"], "postgres", "{health}");
     let instance = health["instance"].as_str().unwrap().to_string();
     Server {
@@ -89,16 +88,7 @@ async fn three_instances_share_the_work_and_one_killed_mid_step_loses_nothing() 
     let client = reqwest::Client::new();
     let mut ids = Vec::new();
     for i in 0..9 {
-        let server = &servers[i % 3];
-        let resp = client
-            .post(format!("{}/api/workflows", server.url))
-            .json(&chain(&format!("wf{i}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 202);
-        let body: Value = resp.json().await.unwrap();
-        ids.push(body["id"].as_str().unwrap().to_string());
+        ids.push(start_on(&client, &servers[i % 3].url, &chain(&format!("wf{i}"))).await);
     }
 
     // The work spreads: each instance holds leases. Then the first is killed mid-step.
@@ -134,38 +124,22 @@ async fn three_instances_share_the_work_and_one_killed_mid_step_loses_nothing() 
             .unwrap();
     assert!(!held.is_empty(), "the victim held nothing when killed");
 
-    // Every workflow finishes on the survivors; a control sent to either works for any.
+    // Every workflow finishes on the survivors (asked of one, run by either).
     let deadline = Instant::now() + Duration::from_secs(60);
     for id in &ids {
-        loop {
-            let s: Value = client
-                .get(format!("{}/api/workflows/{id}", servers[0].url))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if s["status"] == "completed" {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{id} never completed: {s}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_completed(&client, &servers[0].url, id, deadline).await;
     }
 
     // Nothing completed twice; the victim's workflows were taken over with the events that
     // say so.
     let mut taken_over = 0;
     for id in &ids {
-        let h: Value = client
-            .get(format!("{}/api/workflows/{id}/history", servers[1].url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let h = get_json(
+            &client,
+            &servers[1].url,
+            &format!("/api/workflows/{id}/history"),
+        )
+        .await;
         let events = h["events"].as_array().unwrap();
         let mut completed: BTreeMap<String, usize> = BTreeMap::new();
         for e in events {
@@ -234,15 +208,7 @@ async fn a_server_whose_database_connections_die_mid_run_carries_on() {
     let client = reqwest::Client::new();
     let mut ids = Vec::new();
     for i in 0..4 {
-        let resp = client
-            .post(format!("{}/api/workflows", server.url))
-            .json(&chain(&format!("wf{i}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 202);
-        let body: Value = resp.json().await.unwrap();
-        ids.push(body["id"].as_str().unwrap().to_string());
+        ids.push(start_on(&client, &server.url, &chain(&format!("wf{i}"))).await);
     }
     let mut admin = db.connect().await;
     let name = db.url.rsplit('/').next().unwrap().to_string();
