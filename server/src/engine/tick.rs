@@ -1,5 +1,7 @@
 //! One turn of the engine loop: [`Engine::tick`].
 
+mod arrivals;
+
 use std::collections::HashMap;
 
 use std::sync::Arc;
@@ -265,67 +267,6 @@ impl Engine {
             }
         }
         Ok(outcome)
-    }
-
-    /// Takes the workflows created since the last tick. While there is room to run more, each
-    /// is owned at once (its lease is taken by the checkpoint that creates it) and started
-    /// here, so `schedule` launches its first steps in that same checkpoint; the others are
-    /// only created, for whichever instance has room. Returns the first kind, with each one's
-    /// idempotency key and where to answer, and the second.
-    #[allow(clippy::type_complexity)]
-    fn take_arrivals(
-        &mut self,
-        now: DateTime<Utc>,
-        drafts: &mut HashMap<String, Draft>,
-    ) -> (
-        HashMap<
-            String,
-            (
-                Option<(String, String)>,
-                tokio::sync::oneshot::Sender<anyhow::Result<Outcome>>,
-            ),
-        >,
-        Vec<super::Creation>,
-    ) {
-        let mut creating = HashMap::new();
-        let mut plain = Vec::new();
-        for c in std::mem::take(&mut self.arriving) {
-            let id = c.change.workflow_id.clone();
-            let room = self.in_flight.len() + creating.len() < self.settings.max_concurrency;
-            let fresh = !self.owned.contains_key(&id) && !drafts.contains_key(&id);
-            if !room || !fresh || c.change.events.len() != 1 {
-                plain.push(c);
-                continue;
-            }
-            let mut draft = Draft::new(WorkflowState::new(id.clone()));
-            let Change {
-                events,
-                idempotency,
-                ..
-            } = c.change;
-            for s in events {
-                draft.push(s.at.trunc_subsecs(6), s.event);
-            }
-            draft.push(now, Event::WorkflowStarted {});
-            self.owned.insert(
-                id.clone(),
-                Owned {
-                    state: WorkflowState::new(id.clone()),
-                    fence: crate::store::Fence {
-                        owner: self.instance.clone(),
-                        epoch: 1,
-                    },
-                    attempts: HashMap::new(),
-                    log_counts: HashMap::new(),
-                    whole_outputs: HashMap::new(),
-                    unstorable: 0,
-                    fail_next: None,
-                },
-            );
-            drafts.insert(id.clone(), draft);
-            creating.insert(id, (idempotency, c.reply));
-        }
-        (creating, plain)
     }
 
     fn draft<'a>(&self, drafts: &'a mut HashMap<String, Draft>, id: &str) -> Option<&'a mut Draft> {
