@@ -34,7 +34,7 @@ use std::{
 use cairn::{WorkflowState, WorkflowStatus};
 use chrono::Utc;
 use tokio::{
-    sync::{Notify, broadcast, mpsc, oneshot},
+    sync::{broadcast, mpsc, oneshot},
     task::JoinSet,
 };
 use tokio_util::sync::CancellationToken;
@@ -145,12 +145,11 @@ struct Creation {
     reply: oneshot::Sender<anyhow::Result<Outcome>>,
 }
 
-/// The cheap, cloneable side of the engine: wake it, send it controls.
+/// The cheap, cloneable side of the engine: send it new workflows and controls.
 #[derive(Clone, Debug)]
 pub struct EngineHandle {
     commands: mpsc::Sender<Command>,
     creations: mpsc::Sender<Creation>,
-    wake: Arc<Notify>,
 }
 
 impl EngineHandle {
@@ -165,11 +164,6 @@ impl EngineHandle {
             .map_err(|_| anyhow::anyhow!("the engine is not running"))?;
         rx.await
             .map_err(|_| anyhow::anyhow!("the engine stopped before the workflow was saved"))?
-    }
-
-    /// Tells the engine there may be new work (a workflow was just created).
-    pub fn wake(&self) {
-        self.wake.notify_one();
     }
 
     /// Applies a manual control and returns the workflow after it.
@@ -210,7 +204,6 @@ pub struct Engine {
     creations: mpsc::Receiver<Creation>,
     /// New workflows waiting for the next checkpoint.
     arriving: Vec<Creation>,
-    wake: Arc<Notify>,
     claim_due: bool,
     first_claim: bool,
     last_renewal: tokio::time::Instant,
@@ -237,11 +230,9 @@ impl Engine {
         let (commands_tx, commands) = mpsc::channel(256);
         let (creations_tx, creations) = mpsc::channel(1024);
         let (logs_tx, logs_rx) = LogSink::channel(4096);
-        let wake = Arc::new(Notify::new());
         let handle = EngineHandle {
             commands: commands_tx,
             creations: creations_tx,
-            wake: wake.clone(),
         };
         let engine = Self {
             store: store.clone(),
@@ -257,7 +248,6 @@ impl Engine {
             commands,
             creations,
             arriving: Vec::new(),
-            wake,
             claim_due: true,
             first_claim: true,
             last_renewal: tokio::time::Instant::now(),
@@ -302,7 +292,6 @@ impl Engine {
                     self.observe(seen);
                     self.observe_log();
                 }
-                _ = self.wake.notified() => self.claim_due = true,
                 _ = tokio::time::sleep_until(deadline) => self.claim_due = true,
             }
         }
