@@ -40,6 +40,29 @@ impl Sse {
         Self::from_response(Self::open(app, path, last_event_id).await, path)
     }
 
+    /// The next frame that is not a `heartbeat` event.
+    async fn next_except_heartbeat(&mut self) -> Frame {
+        loop {
+            let f = self.next_event(WAIT).await.expect("stream ended");
+            if f.event.as_deref() != Some("heartbeat") {
+                return f;
+            }
+        }
+    }
+
+    /// Opens `path` resuming after a frame id as the server wrote it (`41` or `41.0`).
+    async fn connect_with_id(app: &TestApp, path: &str, last_event_id: &str) -> Self {
+        let resp = app
+            .client
+            .get(format!("{}{path}", app.address))
+            .header("accept", "text/event-stream")
+            .header("last-event-id", last_event_id)
+            .send()
+            .await
+            .expect("connect");
+        Self::from_response(resp, path)
+    }
+
     /// Opens `url` (any server, e.g. one of several instances), resuming after
     /// `last_event_id` if given.
     pub(crate) async fn connect_url(url: &str, last_event_id: Option<i64>) -> Self {
@@ -387,7 +410,9 @@ async fn the_replaced_systems_invoke_endpoints_answer_in_its_shapes() {
         let f = sse.next_event(WAIT).await.expect("stream ended");
         let data: Value = serde_json::from_str(&f.data).unwrap();
         assert_eq!(data["threadId"], thread);
-        let name = f.event.unwrap();
+        // Unnamed, so that `EventSource.onmessage` receives it; `type` tells them apart.
+        assert_eq!(f.event, None);
+        let name = data["type"].as_str().unwrap().to_string();
         if name == "step_complete" {
             session = data["sessionId"].clone();
             assert_eq!(data["output"], "Say hello");
@@ -429,10 +454,10 @@ async fn the_replaced_systems_invoke_endpoints_answer_in_its_shapes() {
     let mut sse = Sse::connect(&app, &format!("/api/invoke/stream/{thread}"), None).await;
     let mut names = vec![];
     while let Some(f) = sse.next_event(WAIT).await {
-        let name = f.event.unwrap();
+        let data: Value = serde_json::from_str(&f.data).unwrap();
+        let name = data["type"].as_str().unwrap().to_string();
         names.push(name.clone());
         if name == "workflow_failed" {
-            let data: Value = serde_json::from_str(&f.data).unwrap();
             assert!(data["error"].as_str().unwrap().contains("boom"));
             break;
         }
@@ -453,49 +478,89 @@ async fn the_replaced_systems_invoke_endpoints_answer_in_its_shapes() {
 }
 
 #[tokio::test]
-async fn the_dag_executions_stream_reports_substeps_counters_and_heartbeats() {
+async fn the_dag_executions_stream_speaks_its_documented_shapes_with_an_id_per_frame() {
     let app = spawn_app_with("[sse]\nheartbeat_ms = 200\n").await;
-    let id = app.start(json!([
-            { "id": "a", "role": "architect", "task": "A", "params": { "duration_ms": 5 } },
-            { "id": "b", "role": "developer", "task": "{a.output}B", "deps": ["a"], "params": { "duration_ms": 5 } }
-        ]),
-    )
-    .await;
-    let mut sse = Sse::connect(&app, &format!("/api/v1/dag-executions/{id}/events"), None).await;
-    let mut names = vec![];
+    // Started as that API started executions: the workflow itself as the body.
+    let resp = app
+        .post(
+            "/api/v1/execute-dag",
+            &json!([
+                { "id": "a", "role": "architect", "task": "A", "params": { "duration_ms": 5 } },
+                { "id": "b", "role": "developer", "task": "{a.output}B", "deps": ["a"], "params": { "duration_ms": 5 } }
+            ]),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let id = resp.json::<Value>().await.unwrap()["executionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("/api/v1/dag-executions/{id}/events");
+    let mut sse = Sse::connect(&app, &path, None).await;
+    let mut frames = vec![];
     let mut heartbeat = false;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !(heartbeat && names.contains(&"execution.completed".to_string())) {
-        assert!(Instant::now() < deadline, "saw {names:?}");
+    while !(heartbeat && frames.iter().any(|(n, _, _)| n == "execution.completed")) {
+        assert!(Instant::now() < deadline, "saw {frames:?}");
         let f = sse.next_event(WAIT).await.expect("stream ended");
         let data: Value = serde_json::from_str(&f.data).unwrap();
         let name = f.event.unwrap();
+        assert_eq!(data["type"], name.as_str(), "every payload names itself");
+        assert!(data["timestamp"].is_i64(), "epoch milliseconds: {data}");
+        assert_eq!(data["executionId"], id.as_str());
         match name.as_str() {
             "heartbeat" => {
                 heartbeat = true;
                 assert!(f.id.is_none());
+                continue;
             }
+            "execution.created" => {
+                assert_eq!(data["totalTasks"], 2);
+                assert!(data["originalRequest"].is_string());
+            }
+            "substep.started" => assert!(data["description"].is_string()),
             "substep.completed" => {
                 assert!(data["durationMs"].is_u64());
                 assert!(data["result"].is_string());
-                assert!(data["completedSteps"].is_u64() && data["totalSteps"] == 2);
+                let task = data["taskId"].as_u64().unwrap();
+                assert_eq!(data["subStepId"], ["a", "b"][task as usize - 1]);
+            }
+            "execution.updated" => {
+                for k in ["completedTasks", "failedTasks", "waitingTasks"] {
+                    assert!(data[k].is_u64(), "{k} in {data}");
+                }
             }
             "execution.completed" => {
-                assert_eq!(data["completedSteps"], 2);
-                assert_eq!(data["results"]["b"], "AB");
+                assert_eq!(data["completedTasks"], 2);
+                assert_eq!(data["failedTasks"], 0);
+                assert_eq!(data["finalResult"], "AB");
             }
             _ => {}
         }
-        names.push(name);
+        frames.push((name, f.id.expect("an id"), data));
     }
-    assert_eq!(
-        names.iter().filter(|n| *n == "substep.completed").count(),
-        2
-    );
-    assert_eq!(
-        names.iter().find(|n| n.starts_with("execution.")).unwrap(),
-        "execution.created"
-    );
+    let names: Vec<&str> = frames.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(names.iter().filter(|n| **n == "substep.completed").count(), 2);
+    assert_eq!(names[0], "execution.created");
+    let ids: Vec<&str> = frames.iter().map(|(_, i, _)| i.as_str()).collect();
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "one id per frame: {ids:?}");
+
+    // A client that saw the sub-step's end but not the update sent with it resumes with the
+    // first one's id and gets the second.
+    let k = names.iter().position(|n| *n == "substep.completed").unwrap();
+    assert_eq!(names[k + 1], "execution.updated");
+    let mut resumed = Sse::connect_with_id(&app, &path, &frames[k].1).await;
+    let f = resumed.next_except_heartbeat().await;
+    assert_eq!((f.event.as_deref(), f.id.as_deref()), (Some("execution.updated"), Some(frames[k + 1].1.as_str())));
+    assert_eq!(serde_json::from_str::<Value>(&f.data).unwrap(), frames[k + 1].2);
+    let f = resumed.next_except_heartbeat().await;
+    assert_eq!(f.id.as_deref(), Some(frames[k + 2].1.as_str()));
+
+    let bad = app.post("/api/v1/execute-dag", &json!({ "role": "wizard", "task": "x" })).await;
+    assert_eq!(bad.status(), 422);
+    let body: Value = bad.json().await.unwrap();
+    assert_eq!(body["error"]["details"][0]["path"], "role");
 }
 
 #[tokio::test]
