@@ -103,11 +103,12 @@ async fn start(
         (None, Wrapped::Maybe) => (&value, ""),
         (None, Wrapped::Always) => {
             return Err(ApiError::BadRequest {
-            message: "the body needs a \"workflow\": a step, an array of steps or a spec".into(),
-            details: vec![ErrorDetail {
-                path: "workflow".into(),
-                message: "missing".into(),
-            }],
+                message: "the body needs a \"workflow\": a step, an array of steps or a spec"
+                    .into(),
+                details: vec![ErrorDetail {
+                    path: "workflow".into(),
+                    message: "missing".into(),
+                }],
             });
         }
     };
@@ -547,9 +548,11 @@ fn dag_frames(t: &mut Translator, rec: &EventRecord) -> Vec<Out> {
             updated(),
             out(
                 "execution.failed",
-                with_counters(json!({ "status": "failed", "error": error, "subStepId": step_id,
+                with_counters(
+                    json!({ "status": "failed", "error": error, "subStepId": step_id,
                                       "taskId": step_id.as_deref().map(|s| task_id(wf, s)),
-                                      "durationMs": duration() })),
+                                      "durationMs": duration() }),
+                ),
             ),
         ],
         Event::WorkflowCancelled { reason, .. } => vec![

@@ -540,7 +540,10 @@ async fn the_dag_executions_stream_speaks_its_documented_shapes_with_an_id_per_f
         frames.push((name, f.id.expect("an id"), data));
     }
     let names: Vec<&str> = frames.iter().map(|(n, _, _)| n.as_str()).collect();
-    assert_eq!(names.iter().filter(|n| **n == "substep.completed").count(), 2);
+    assert_eq!(
+        names.iter().filter(|n| **n == "substep.completed").count(),
+        2
+    );
     assert_eq!(names[0], "execution.created");
     let ids: Vec<&str> = frames.iter().map(|(_, i, _)| i.as_str()).collect();
     let unique: std::collections::HashSet<_> = ids.iter().collect();
@@ -548,16 +551,30 @@ async fn the_dag_executions_stream_speaks_its_documented_shapes_with_an_id_per_f
 
     // A client that saw the sub-step's end but not the update sent with it resumes with the
     // first one's id and gets the second.
-    let k = names.iter().position(|n| *n == "substep.completed").unwrap();
+    let k = names
+        .iter()
+        .position(|n| *n == "substep.completed")
+        .unwrap();
     assert_eq!(names[k + 1], "execution.updated");
     let mut resumed = Sse::connect_with_id(&app, &path, &frames[k].1).await;
     let f = resumed.next_except_heartbeat().await;
-    assert_eq!((f.event.as_deref(), f.id.as_deref()), (Some("execution.updated"), Some(frames[k + 1].1.as_str())));
-    assert_eq!(serde_json::from_str::<Value>(&f.data).unwrap(), frames[k + 1].2);
+    assert_eq!(
+        (f.event.as_deref(), f.id.as_deref()),
+        (Some("execution.updated"), Some(frames[k + 1].1.as_str()))
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&f.data).unwrap(),
+        frames[k + 1].2
+    );
     let f = resumed.next_except_heartbeat().await;
     assert_eq!(f.id.as_deref(), Some(frames[k + 2].1.as_str()));
 
-    let bad = app.post("/api/v1/execute-dag", &json!({ "role": "wizard", "task": "x" })).await;
+    let bad = app
+        .post(
+            "/api/v1/execute-dag",
+            &json!({ "role": "wizard", "task": "x" }),
+        )
+        .await;
     assert_eq!(bad.status(), 422);
     let body: Value = bad.json().await.unwrap();
     assert_eq!(body["error"]["details"][0]["path"], "role");
