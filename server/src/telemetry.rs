@@ -15,3 +15,14 @@ pub fn init(filter: &str) {
         .with_ansi(std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .try_init();
 }
+
+/// Like [`init`], writing to stderr: for commands whose stdout is a protocol (`cairn mcp`).
+pub fn init_stderr(filter: &str) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

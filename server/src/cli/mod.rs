@@ -2,6 +2,7 @@
 
 pub mod bench;
 mod bench_sse;
+pub mod remote;
 
 use std::process::ExitCode;
 
@@ -28,18 +29,149 @@ enum Command {
     Serve(ServeArgs),
     /// Measure the engine on a workload; prints one JSON line.
     Bench(bench::BenchArgs),
+    /// Start a workflow from a JSON or YAML spec; --follow shows it live until it ends.
+    Run(remote::RunArgs),
+    /// List workflows, newest first.
+    Ls {
+        /// Only this status: pending, running, paused, stalled, completed, failed, cancelled.
+        #[arg(long)]
+        status: Option<String>,
+        /// How many (1 to 200).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=200))]
+        limit: u32,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
+    /// A workflow's state: its steps, attempts, durations and errors.
+    Status {
+        /// The workflow's id.
+        id: String,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
+    /// A workflow's events and log lines (one step's with STEP); --follow goes on live.
+    Logs {
+        /// The workflow's id.
+        id: String,
+        /// Only this step.
+        step: Option<String>,
+        /// Keep following until the workflow ends.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
+    /// Run a workflow again after a failure, a cancel, a stall or a pause.
+    Resume {
+        /// The workflow's id.
+        id: String,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
+    /// Cancel a workflow: running steps stop, completed ones are kept.
+    Cancel {
+        /// The workflow's id.
+        id: String,
+        /// Why, recorded in its history.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
+    /// Run a step again (a failed one, with a fresh retry budget); --now skips a backoff wait.
+    Retry {
+        /// The workflow's id.
+        id: String,
+        /// The step.
+        step: String,
+        /// Start a step that waits for its backoff now.
+        #[arg(long)]
+        now: bool,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
+    /// Mark a step done without running it; later steps read --output as its output.
+    Skip {
+        /// The workflow's id.
+        id: String,
+        /// The step.
+        step: String,
+        /// What later steps read as its output.
+        #[arg(long)]
+        output: Option<String>,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
+    /// An MCP server on stdin/stdout for agents that spawn one, over a cairn server's API.
+    Mcp {
+        /// The cairn server's URL.
+        #[arg(long, env = "CAIRN_SERVER", default_value = "http://127.0.0.1:3000")]
+        server: String,
+    },
 }
 
 /// Parses the command line and runs the command; the exit code says how it went.
 pub async fn main() -> ExitCode {
+    use crate::client::ControlRequest as C;
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Serve(args) => serve(args).await,
+    let client = match cli.command {
+        Command::Serve(args) => return done(serve(args).await),
         Command::Bench(args) => {
             telemetry::init("warn");
-            bench::run(args).await
+            return done(bench::run(args).await);
         }
+        Command::Mcp { server } => {
+            // Only the protocol goes to stdout.
+            telemetry::init_stderr("warn");
+            return done(crate::mcp::serve_stdio(&server).await);
+        }
+        Command::Run(args) => remote::run(args).await,
+        Command::Ls {
+            status,
+            limit,
+            remote,
+        } => remote::ls(status, limit, remote).await,
+        Command::Status { id, remote } => remote::status(id, remote).await,
+        Command::Logs {
+            id,
+            step,
+            follow,
+            remote,
+        } => remote::logs(id, step, follow, remote).await,
+        Command::Resume { id, remote } => remote::control(id, C::Resume, remote).await,
+        Command::Cancel { id, reason, remote } => {
+            remote::control(id, C::Cancel { reason }, remote).await
+        }
+        Command::Retry {
+            id,
+            step,
+            now,
+            remote,
+        } => {
+            let control = if now {
+                C::RetryNow { step }
+            } else {
+                C::Retry { step }
+            };
+            remote::control(id, control, remote).await
+        }
+        Command::Skip {
+            id,
+            step,
+            output,
+            remote,
+        } => remote::control(id, C::Skip { step, output }, remote).await,
     };
+    match client {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            eprintln!("cairn: {}", failure.message);
+            ExitCode::from(failure.exit)
+        }
+    }
+}
+
+fn done(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

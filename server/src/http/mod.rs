@@ -48,15 +48,8 @@ pub struct AppState {
 
 /// The whole application router.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .merge(health::router())
-        .route("/api/roles", axum::routing::get(roles))
-        .merge(workflows::router())
-        .merge(events::router())
-        .merge(compat::router())
-        // Anything else under /api is a JSON 404, not the HTML not-found page.
-        .route("/api", any(api_not_found))
-        .route("/api/{*rest}", any(api_not_found));
+    let api = api(state.clone());
+    let mcp = crate::mcp::service(&state, api.clone());
 
     // The browser bundle: `cargo leptos build --precompress` writes a `.br` and a `.gz` beside
     // each file, and the one the browser accepts is sent (the plain file otherwise).
@@ -74,8 +67,7 @@ pub fn router(state: AppState) -> Router {
         let options = state.leptos_options.clone();
         move || shell(options.clone())
     });
-    Router::new()
-        .merge(api)
+    let pages = Router::new()
         .nest_service(
             &pkg_route,
             ServeDir::new(pkg).precompressed_br().precompressed_gzip(),
@@ -86,10 +78,27 @@ pub fn router(state: AppState) -> Router {
             AppState,
             _,
         >(provide_data, shell))
+        .with_state(state);
+    api.nest_service("/mcp", mcp)
+        .merge(pages)
+        .layer(TraceLayer::new_for_http())
+}
+
+/// The JSON API (with the replaced system's endpoints): what clients call, and what the MCP
+/// tools call in-process.
+pub fn api(state: AppState) -> Router {
+    Router::new()
+        .merge(health::router())
+        .route("/api/roles", axum::routing::get(roles))
+        .merge(workflows::router())
+        .merge(events::router())
+        .merge(compat::router())
+        // Anything else under /api is a JSON 404, not the HTML not-found page.
+        .route("/api", any(api_not_found))
+        .route("/api/{*rest}", any(api_not_found))
         // Bodies over the spec limit (plus room for JSON overhead) are refused while reading,
         // as a 413 the handlers turn into the JSON error shape.
         .layer(axum::extract::DefaultBodyLimit::max(2 * 1024 * 1024))
-        .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 

@@ -343,12 +343,38 @@ async fn output(
         .into_response())
 }
 
+/// `GET …/history[?after=ID]`: the workflow's events, all or those after an event id.
 async fn history(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
+    let mut after = 0;
+    for (k, v) in &params {
+        match (k.as_str(), v.parse::<i64>()) {
+            ("after", Ok(n)) if n >= 0 => after = n,
+            ("after", _) => {
+                return Err(ApiError::BadRequest {
+                    message: "after must be an event id (a whole number >= 0)".into(),
+                    details: vec![ErrorDetail {
+                        path: "after".into(),
+                        message: format!("not an event id: {v:?}"),
+                    }],
+                });
+            }
+            (other, _) => {
+                return Err(ApiError::BadRequest {
+                    message: "unknown query parameter; history takes only after".into(),
+                    details: vec![ErrorDetail {
+                        path: other.into(),
+                        message: "unknown parameter".into(),
+                    }],
+                });
+            }
+        }
+    }
     load(&state, &id).await?;
-    let events = state.store.history(&id, 0).await?;
+    let events = state.store.history(&id, after).await?;
     Ok(Json(
         serde_json::json!({ "workflow_id": id, "events": events }),
     ))

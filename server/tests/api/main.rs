@@ -2,12 +2,14 @@
 //! Postgres database), spoken to over HTTP; and the real `cairn` binary for what only a process shows (signals, exit codes).
 
 mod binary;
+mod cli;
 mod crash;
 mod engine;
 mod health;
 mod helpers;
 mod instances;
 mod limits;
+mod mcp;
 mod pages;
 mod pg;
 mod sse;

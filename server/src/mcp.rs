@@ -1,0 +1,777 @@
+//! The MCP server: the tools an agent drives workflows with, as the replaced system named
+//! them (`invoke_async`, `invoke_status`, `invoke_stream`, `invoke_resume`, `invoke_cancel`,
+//! `workflow_monitor`).
+//!
+//! Every tool is a call of the JSON API through [`Api`]: in the server (`/mcp`, streamable
+//! HTTP, stateless) straight to its own router, in `cairn mcp --server URL` (stdio) over HTTP.
+//! Nothing is kept between calls, so any instance answers any call. Problems come back as
+//! tool errors (`isError`) whose text says what to do next.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use cairn::{EventRecord, StepStatus, WorkflowState, WorkflowStatus, WorkflowSummary};
+use rmcp::{
+    RoleServer, ServerHandler,
+    handler::server::{router::tool::ToolRouter, wrapper::Parameters},
+    model::{
+        CallToolResult, ContentBlock, Implementation, ProgressNotificationParam,
+        ServerCapabilities, ServerConfig,
+    },
+    schemars::{self, JsonSchema},
+    service::RequestContext,
+    tool, tool_handler, tool_router,
+};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::client::{Api, ApiFailure, ControlRequest, describe};
+
+/// The longest output a status shows of a step; the rest is one call away.
+const OUTPUT_SHOWN: usize = 2_000;
+/// The most events one `invoke_stream` answer carries.
+const EVENTS_PER_ANSWER: usize = 200;
+/// How long `invoke_stream` follows with progress notifications before it answers.
+const FOLLOW_FOR: Duration = Duration::from_secs(180);
+/// How often a following `invoke_stream` looks for new events.
+const FOLLOW_POLL: Duration = Duration::from_millis(250);
+
+/// The tools, over one server's API.
+#[derive(Clone)]
+pub struct Tools {
+    api: Api,
+    /// In the server: URLs in answers use the host the client called (`Host`).
+    base_from_request: bool,
+    tool_router: ToolRouter<Self>,
+}
+
+/// A tool's failure: the sentence the agent reads.
+struct Problem(String);
+
+impl From<ApiFailure> for Problem {
+    fn from(f: ApiFailure) -> Self {
+        Problem(match &f {
+            ApiFailure::Refused(r) if r.status == 404 => {
+                format!(
+                    "{}; workflow_monitor lists the workflows there are",
+                    r.message
+                )
+            }
+            ApiFailure::Refused(r) if r.code == "invalid_spec" || r.status == 422 => {
+                format!("the workflow is not valid: {r}")
+            }
+            _ => f.to_string(),
+        })
+    }
+}
+
+type Answer = Result<Value, Problem>;
+
+fn respond(answer: Answer) -> CallToolResult {
+    match answer {
+        Ok(v) => CallToolResult::structured(v),
+        Err(Problem(message)) => CallToolResult::error(vec![ContentBlock::text(message)]),
+    }
+}
+
+/// `invoke_async`'s arguments.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct InvokeAsync {
+    /// The workflow: a spec `{"name", "inputs", "defaults", "steps": [...]}`, one step
+    /// `{"role", "task"}`, or an array of steps. A step is `{"id", "role", "task", "deps",
+    /// "retry", "timeout_s"}`; its task may use `{STEP.output}` of a step in its `deps` and
+    /// `{inputs.NAME}`.
+    pub workflow: Value,
+    /// A display name (instead of the spec's).
+    pub name: Option<String>,
+    /// Values for `{inputs.NAME}` (over the spec's own).
+    pub inputs: Option<BTreeMap<String, String>>,
+    /// Makes a retried call safe: the same key with the same workflow answers the first
+    /// call's workflow instead of starting another.
+    pub idempotency_key: Option<String>,
+}
+
+/// A workflow's id.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct Thread {
+    /// The workflow's id (`threadId` from `invoke_async`).
+    #[serde(rename = "threadId")]
+    pub thread_id: String,
+}
+
+/// `invoke_stream`'s arguments.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct InvokeStream {
+    /// The workflow's id.
+    #[serde(rename = "threadId")]
+    pub thread_id: String,
+    /// The cursor: only events after this event id (the `next_after` of the previous answer).
+    pub after: Option<i64>,
+    /// Whether to follow with progress notifications (when the call carries a progress
+    /// token) until the workflow ends; default true. false answers at once.
+    pub follow: Option<bool>,
+}
+
+/// What `invoke_resume` does.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Run the workflow again after a failure, a cancel, a stall or a pause.
+    Resume,
+    /// Run a failed step again (with a fresh retry budget).
+    Retry,
+    /// Start a step that waits for its retry backoff now.
+    RetryNow,
+    /// Mark a step done without running it; later steps read `output` as its output.
+    Skip,
+}
+
+/// `invoke_resume`'s arguments.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct InvokeResume {
+    /// The workflow's id.
+    #[serde(rename = "threadId")]
+    pub thread_id: String,
+    /// resume, retry, retry_now or skip.
+    pub action: Action,
+    /// The step for retry, retry_now and skip; when left out, the one step the action fits
+    /// (the failed step for retry and skip, the waiting one for retry_now).
+    #[serde(rename = "stepId")]
+    pub step_id: Option<String>,
+    /// For skip: what later steps read as the skipped step's output.
+    pub output: Option<String>,
+}
+
+/// `invoke_cancel`'s arguments.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct InvokeCancel {
+    /// The workflow's id.
+    #[serde(rename = "threadId")]
+    pub thread_id: String,
+    /// Why, recorded in the workflow's history.
+    pub reason: Option<String>,
+}
+
+/// `workflow_monitor`'s arguments.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct Monitor {
+    /// Only workflows with this status: pending, running, paused, stalled, completed, failed
+    /// or cancelled.
+    pub status: Option<String>,
+    /// How many workflows, newest first (1 to 200, default 20).
+    pub limit: Option<u32>,
+}
+
+impl Tools {
+    /// The tools in the server, over its own API router.
+    pub fn in_server(api: Api) -> Self {
+        Self {
+            api,
+            base_from_request: true,
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    /// The tools of `cairn mcp`, over a server's API at its URL.
+    pub fn remote(api: Api) -> Self {
+        Self {
+            api,
+            base_from_request: false,
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    /// The API, with URLs in answers as the calling client reaches this server.
+    fn api(&self, ctx: &RequestContext<RoleServer>) -> Api {
+        if !self.base_from_request {
+            return self.api.clone();
+        }
+        let host = ctx
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|p| p.headers.get(axum::http::header::HOST))
+            .and_then(|h| h.to_str().ok());
+        match host {
+            Some(host) => self.api.with_base(&format!("http://{host}")),
+            None => self.api.clone(),
+        }
+    }
+}
+
+#[tool_router]
+impl Tools {
+    #[tool(
+        description = "Start a workflow in the background and answer at once with its threadId. \
+        `workflow` is a spec {name, inputs, steps: [...]}, one step {role, task}, or an array of \
+        steps [{id, role, task, deps}]; a task may use {STEP.output} of a dependency and \
+        {inputs.NAME}. Follow it with invoke_stream or invoke_status."
+    )]
+    async fn invoke_async(
+        &self,
+        Parameters(args): Parameters<InvokeAsync>,
+        ctx: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        respond(invoke_async(&self.api(&ctx), args).await)
+    }
+
+    #[tool(
+        description = "A workflow's status: status (running, completed, failed, aborted, \
+        paused), sessionIds per step, currentStep, lastUpdate, progress, and each step's \
+        status, attempt, error and output (long outputs are cut, with where to read them whole)."
+    )]
+    async fn invoke_status(
+        &self,
+        Parameters(args): Parameters<Thread>,
+        ctx: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        respond(invoke_status(&self.api(&ctx), &args.thread_id).await)
+    }
+
+    #[tool(
+        description = "Follow a workflow: its events after the cursor `after` with the next \
+        cursor, the SSE URL and the event schema. When the call carries a progress token, it \
+        sends a progress notification per step change until the workflow ends (or 3 minutes \
+        pass) and then answers; call again with next_after to go on."
+    )]
+    async fn invoke_stream(
+        &self,
+        Parameters(args): Parameters<InvokeStream>,
+        ctx: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        respond(invoke_stream(&self.api(&ctx), args, &ctx).await)
+    }
+
+    #[tool(
+        description = "Repair a workflow: action resume (run it again after a failure, cancel, \
+        stall or pause), retry (run a failed step again), retry_now (skip a step's backoff \
+        wait) or skip (mark a step done; `output` is what later steps read; a workflow that \
+        failed at that step runs on). stepId defaults to the one step the action fits. Answers \
+        the workflow's status after it."
+    )]
+    async fn invoke_resume(
+        &self,
+        Parameters(args): Parameters<InvokeResume>,
+        ctx: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        respond(invoke_resume(&self.api(&ctx), args).await)
+    }
+
+    #[tool(
+        description = "Cancel a workflow: running steps are stopped, completed ones are kept; \
+        invoke_resume with action resume runs it again later."
+    )]
+    async fn invoke_cancel(
+        &self,
+        Parameters(args): Parameters<InvokeCancel>,
+        ctx: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let api = self.api(&ctx);
+        let answer = async {
+            let wf = api
+                .control(
+                    &args.thread_id,
+                    &ControlRequest::Cancel {
+                        reason: args.reason,
+                    },
+                )
+                .await?;
+            Ok(status_of(&api, &wf))
+        }
+        .await;
+        respond(answer)
+    }
+
+    #[tool(
+        description = "Oversee workflows: active and recent ones (newest first) with progress, \
+        and which need attention and why: stalled, waiting on a retry backoff, paused for a \
+        person, or failed (with the error and the step). Filter with status, size with limit."
+    )]
+    async fn workflow_monitor(
+        &self,
+        Parameters(args): Parameters<Monitor>,
+        ctx: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        respond(workflow_monitor(&self.api(&ctx), args).await)
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for Tools {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("cairn", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "cairn runs workflows of agent and script steps durably in the background. \
+                 Start one with invoke_async, follow it with invoke_stream (progress \
+                 notifications) or invoke_status, repair it with invoke_resume, stop it with \
+                 invoke_cancel, and see every workflow that needs attention with \
+                 workflow_monitor.",
+            )
+    }
+}
+
+async fn invoke_async(api: &Api, args: InvokeAsync) -> Answer {
+    let mut workflow = args.workflow;
+    if args.name.is_some() || args.inputs.is_some() {
+        // The three shapes take `name` and `inputs` beside the steps, except a bare array.
+        if let Value::Array(steps) = workflow {
+            workflow = json!({ "steps": steps });
+        }
+        let Value::Object(spec) = &mut workflow else {
+            return Err(Problem(
+                "workflow must be a spec object, a step object or an array of steps".into(),
+            ));
+        };
+        if let Some(name) = args.name {
+            spec.insert("name".into(), Value::String(name));
+        }
+        if let Some(inputs) = args.inputs {
+            let merged = spec
+                .entry("inputs")
+                .or_insert_with(|| Value::Object(Map::new()));
+            let Value::Object(merged) = merged else {
+                return Err(Problem("workflow.inputs must be an object".into()));
+            };
+            merged.extend(inputs.into_iter().map(|(k, v)| (k, Value::String(v))));
+        }
+    }
+    let started = api
+        .start(&workflow, args.idempotency_key.as_deref())
+        .await?;
+    let id = started["id"].as_str().unwrap_or_default();
+    Ok(json!({
+        "threadId": id,
+        "status": "started",
+        "status_url": api.url(&format!("/api/workflows/{id}")),
+        "events_url": api.url(&format!("/api/workflows/{id}/events")),
+        "monitor_url": api.url(&format!("/workflows/{id}")),
+    }))
+}
+
+/// The replaced system's status words.
+fn legacy_status(s: WorkflowStatus) -> &'static str {
+    match s {
+        WorkflowStatus::Pending | WorkflowStatus::Running | WorkflowStatus::Stalled => "running",
+        WorkflowStatus::Completed => "completed",
+        WorkflowStatus::Failed => "failed",
+        WorkflowStatus::Cancelled => "aborted",
+        WorkflowStatus::Paused => "paused",
+    }
+}
+
+/// At most [`OUTPUT_SHOWN`] characters of an output, and a note when there is more.
+fn shown_output(api: &Api, wf: &WorkflowState, step: &cairn::StepState) -> (Value, Value) {
+    let Some(output) = &step.output else {
+        return (Value::Null, Value::Null);
+    };
+    let whole = step.output_bytes.unwrap_or(output.len() as u64);
+    let cut: String = output.chars().take(OUTPUT_SHOWN).collect();
+    if (cut.len() as u64) < whole {
+        let note = format!(
+            "output cut: {} of {whole} bytes shown; all of it: GET {}",
+            cut.len(),
+            api.url(&format!(
+                "/api/workflows/{}/steps/{}/output",
+                wf.id, step.id
+            ))
+        );
+        (Value::String(cut), Value::String(note))
+    } else {
+        (Value::String(cut), Value::Null)
+    }
+}
+
+fn status_of(api: &Api, wf: &WorkflowState) -> Value {
+    let session_ids: Map<String, Value> = wf
+        .steps
+        .iter()
+        .filter_map(|s| Some((s.id.clone(), Value::String(s.session_id.clone()?))))
+        .collect();
+    let steps: Vec<Value> = wf
+        .steps
+        .iter()
+        .map(|s| {
+            let (output, note) = shown_output(api, wf, s);
+            let mut step = json!({
+                "id": s.id, "role": s.role, "status": s.status.as_str(),
+                "attempt": s.attempt, "max_attempts": s.max_attempts,
+                "error": s.error, "sessionId": s.session_id, "output": output,
+                "duration_ms": s.duration_ms, "next_attempt_at": s.next_attempt_at,
+            });
+            if !note.is_null() {
+                step["output_note"] = note;
+            }
+            step
+        })
+        .collect();
+    let p = wf.progress();
+    json!({
+        "threadId": wf.id,
+        "name": wf.spec.as_ref().map(|s| s.name.clone()),
+        "status": legacy_status(wf.status),
+        "state": wf.status.as_str(),
+        "sessionIds": session_ids,
+        "currentStep": wf.current_steps().first().map(|s| s.id.clone()),
+        "lastUpdate": wf.updated_at,
+        "progress": { "done": p.done, "total": p.total, "running": p.running, "failed": p.failed },
+        "steps": steps,
+        "error": wf.error,
+        "attention": attention(wf.status, &wf.steps, wf.error.as_deref()),
+    })
+}
+
+async fn invoke_status(api: &Api, id: &str) -> Answer {
+    let wf = api.workflow(id).await?;
+    Ok(status_of(api, &wf))
+}
+
+/// What a person (or an agent) should know about a workflow that cannot move by itself, and
+/// what would move it.
+fn attention(
+    status: WorkflowStatus,
+    steps: &[cairn::StepState],
+    error: Option<&str>,
+) -> Option<String> {
+    match status {
+        WorkflowStatus::Stalled => Some(
+            "stalled: its engine stopped renewing its lease; another instance takes it over, \
+             or invoke_resume with action resume"
+                .into(),
+        ),
+        WorkflowStatus::Paused => {
+            Some("paused: waiting for a person; invoke_resume with resume, retry or skip".into())
+        }
+        WorkflowStatus::Failed => {
+            let failed = steps.iter().find(|s| s.status == StepStatus::Failed);
+            Some(match failed {
+                Some(s) => format!(
+                    "failed at step {}: {}; invoke_resume with retry (stepId {}) or skip",
+                    s.id,
+                    describe::line(
+                        s.error.as_deref().or(error).unwrap_or("no error given"),
+                        300
+                    ),
+                    s.id
+                ),
+                None => format!("failed: {}", error.unwrap_or("no error given")),
+            })
+        }
+        _ => {
+            let waiting: Vec<String> = steps
+                .iter()
+                .filter(|s| s.status == StepStatus::Retrying)
+                .map(|s| {
+                    format!(
+                        "step {} waits to retry (attempt {} of {}){}{}",
+                        s.id,
+                        s.attempt + 1,
+                        s.max_attempts,
+                        s.next_attempt_at
+                            .map(|t| format!(" until {}", t.to_rfc3339()))
+                            .unwrap_or_default(),
+                        s.error
+                            .as_deref()
+                            .map(|e| format!(" after: {}", describe::line(e, 200)))
+                            .unwrap_or_default()
+                    )
+                })
+                .collect();
+            (!waiting.is_empty()).then(|| {
+                format!(
+                    "backing off: {}; invoke_resume with retry_now starts it at once",
+                    waiting.join("; ")
+                )
+            })
+        }
+    }
+}
+
+/// The event schema `invoke_stream` describes (the SSE stream's frames and the events here).
+fn event_schema() -> Value {
+    json!({
+        "frame": "id: <event id>, event: <type>, data: the event as JSON",
+        "fields": "id, workflow_id, at (RFC 3339), type, and the type's own fields",
+        "types": {
+            "workflow.created": "spec",
+            "workflow.started": "",
+            "step.started": "step_id, attempt, task, session_id",
+            "step.log": "step_id, attempt, stream (stdout|stderr), line",
+            "step.retrying": "step_id, attempt, error, delay_ms, next_attempt_at",
+            "step.completed": "step_id, attempt, output, output_bytes, session_id, duration_ms",
+            "step.failed": "step_id, attempt, error, duration_ms",
+            "step.skipped": "step_id, output, by",
+            "workflow.completed": "",
+            "workflow.failed": "step_id, error",
+            "workflow.cancelled": "by, reason",
+            "workflow.stalled": "reason, previous_owner",
+            "workflow.resumed": "by",
+        },
+        "resume": "reconnect with the Last-Event-ID header (browsers do) or ?after=<id>",
+    })
+}
+
+/// An event as `invoke_stream` lists it: its JSON, long text cut.
+fn listed(rec: &EventRecord) -> Value {
+    let mut v = serde_json::to_value(rec).unwrap_or(Value::Null);
+    if let Value::Object(o) = &mut v {
+        for key in ["output", "task", "error", "line"] {
+            if let Some(Value::String(s)) = o.get_mut(key)
+                && s.chars().count() > OUTPUT_SHOWN
+            {
+                *s = s.chars().take(OUTPUT_SHOWN).collect::<String>() + "…";
+            }
+        }
+        if let Value::Object(spec) = o.get("spec").cloned().unwrap_or_default() {
+            // The steps' definitions are in invoke_status; the name and size are enough here.
+            let steps = spec
+                .get("steps")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            o.insert(
+                "spec".into(),
+                json!({ "name": spec.get("name"), "steps": steps }),
+            );
+        }
+        if let Some(message) = describe::describe(rec) {
+            o.insert("message".into(), Value::String(message));
+        }
+    }
+    v
+}
+
+fn is_end(status: WorkflowStatus) -> bool {
+    matches!(
+        status,
+        WorkflowStatus::Completed | WorkflowStatus::Failed | WorkflowStatus::Cancelled
+    )
+}
+
+async fn invoke_stream(api: &Api, args: InvokeStream, ctx: &RequestContext<RoleServer>) -> Answer {
+    let id = &args.thread_id;
+    let after = args.after.unwrap_or(0);
+    if after < 0 {
+        return Err(Problem("after must be an event id, 0 or more".into()));
+    }
+    let token = ctx
+        .meta
+        .get_progress_token()
+        .filter(|_| args.follow.unwrap_or(true));
+    let (wf, mut events, notified) = match token {
+        None => (api.workflow(id).await?, api.history(id, after).await?, 0),
+        Some(token) => {
+            // Follow: fold from the start (for progress), then a notification per change
+            // until the end, a cancel, a full answer or the time is up.
+            let all = api.history(id, 0).await?;
+            let mut state = WorkflowState::new(id);
+            for rec in all.iter().filter(|r| r.id <= after) {
+                let _ = state.apply(rec);
+            }
+            let mut events: Vec<EventRecord> = all.into_iter().filter(|r| r.id > after).collect();
+            let deadline = tokio::time::Instant::now() + FOLLOW_FOR;
+            let (mut sent, mut notified) = (0, 0u32);
+            loop {
+                for rec in &events[sent..] {
+                    let _ = state.apply(rec);
+                    let Some(message) = describe::describe(rec) else {
+                        continue;
+                    };
+                    let p = state.progress();
+                    let name = state.spec.as_ref().map_or(id.as_str(), |s| s.name.as_str());
+                    let param = ProgressNotificationParam::new(token.clone(), p.done as f64)
+                        .with_total(p.total as f64)
+                        .with_message(format!("{name}: {message}"));
+                    if ctx.peer.notify_progress(param).await.is_ok() {
+                        notified += 1;
+                    }
+                }
+                sent = events.len();
+                if is_end(state.status)
+                    || events.len() >= EVENTS_PER_ANSWER
+                    || tokio::time::Instant::now() >= deadline
+                {
+                    break;
+                }
+                tokio::select! {
+                    _ = ctx.ct.cancelled() => break,
+                    _ = tokio::time::sleep(FOLLOW_POLL) => {}
+                }
+                let last = events.last().map_or(after, |e| e.id);
+                events.extend(api.history(id, last).await?);
+            }
+            (state, events, notified)
+        }
+    };
+    let more = events.len() > EVENTS_PER_ANSWER;
+    events.truncate(EVENTS_PER_ANSWER);
+    let next_after = events.last().map_or(after, |e| e.id);
+    Ok(json!({
+        "threadId": id,
+        "status": legacy_status(wf.status),
+        "state": wf.status.as_str(),
+        "ended": is_end(wf.status) && !more,
+        "events": events.iter().map(listed).collect::<Vec<_>>(),
+        "next_after": next_after,
+        "more": more,
+        "progress_notifications": notified,
+        "sse_url": api.url(&format!("/api/workflows/{id}/events")),
+        "compatible_sse_url": api.url(&format!("/api/invoke/stream/{id}")),
+        "event_schema": event_schema(),
+    }))
+}
+
+/// The one step an action fits when the agent did not name one.
+fn pick_step(wf: &WorkflowState, action: Action) -> Result<String, Problem> {
+    let fits = |s: &&cairn::StepState| match action {
+        Action::Retry => matches!(s.status, StepStatus::Failed | StepStatus::Cancelled),
+        Action::RetryNow => s.status == StepStatus::Retrying,
+        Action::Skip => !s.status.is_done() && s.status != StepStatus::Running,
+        Action::Resume => false,
+    };
+    let candidates: Vec<&str> = wf
+        .steps
+        .iter()
+        .filter(|s| fits(s))
+        .map(|s| s.id.as_str())
+        .collect();
+    let verb = match action {
+        Action::Retry => "retry",
+        Action::RetryNow => "retry_now",
+        Action::Skip => "skip",
+        Action::Resume => "resume",
+    };
+    // Skip: the failed step first, else the only step left.
+    if let Action::Skip = action
+        && let Some(failed) = wf.steps.iter().find(|s| s.status == StepStatus::Failed)
+    {
+        return Ok(failed.id.clone());
+    }
+    match candidates.as_slice() {
+        [one] => Ok(one.to_string()),
+        [] => Err(Problem(format!(
+            "no step of workflow {} can {verb} now (steps: {}); name one with stepId",
+            wf.id,
+            wf.steps
+                .iter()
+                .map(|s| format!("{} {}", s.id, s.status))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+        many => Err(Problem(format!(
+            "more than one step could {verb}: {}; name one with stepId",
+            many.join(", ")
+        ))),
+    }
+}
+
+async fn invoke_resume(api: &Api, args: InvokeResume) -> Answer {
+    let id = &args.thread_id;
+    let step = match (args.action, args.step_id) {
+        (Action::Resume, _) => String::new(),
+        (_, Some(step)) => step,
+        (action, None) => pick_step(&api.workflow(id).await?, action)?,
+    };
+    let control = match args.action {
+        Action::Resume => ControlRequest::Resume,
+        Action::Retry => ControlRequest::Retry { step },
+        Action::RetryNow => ControlRequest::RetryNow { step },
+        Action::Skip => ControlRequest::Skip {
+            step,
+            output: args.output,
+        },
+    };
+    let mut wf = api.control(id, &control).await?;
+    // Skipping the step a workflow failed at is a repair: it runs on from there (a person in
+    // the browser presses Resume after Skip; an agent asked for both in one call).
+    if matches!(args.action, Action::Skip)
+        && wf.status == WorkflowStatus::Failed
+        && !wf.steps.iter().any(|s| s.status == StepStatus::Failed)
+    {
+        wf = api.control(id, &ControlRequest::Resume).await?;
+    }
+    Ok(status_of(api, &wf))
+}
+
+async fn workflow_monitor(api: &Api, args: Monitor) -> Answer {
+    let limit = args.limit.unwrap_or(20);
+    if !(1..=200).contains(&limit) {
+        return Err(Problem("limit must be from 1 to 200".into()));
+    }
+    let list: Vec<WorkflowSummary> = api.list(args.status.as_deref(), limit).await?;
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut rows = Vec::with_capacity(list.len());
+    for w in &list {
+        *counts.entry(w.status.as_str()).or_default() += 1;
+        // Only what needs attention costs a second read.
+        let needs_look = matches!(
+            w.status,
+            WorkflowStatus::Failed | WorkflowStatus::Stalled | WorkflowStatus::Paused
+        ) || w.next_attempt_at.is_some();
+        let attention = if needs_look {
+            match api.workflow(&w.id).await {
+                Ok(wf) => attention(wf.status, &wf.steps, wf.error.as_deref()),
+                Err(_) => attention(w.status, &[], w.error.as_deref()),
+            }
+        } else {
+            None
+        };
+        if attention
+            .as_deref()
+            .is_some_and(|a| a.starts_with("backing off"))
+        {
+            *counts.entry("backing_off").or_default() += 1;
+        }
+        rows.push(json!({
+            "threadId": w.id,
+            "name": w.name,
+            "status": w.status.as_str(),
+            "progress": format!("{}/{}", w.progress.done, w.progress.total),
+            "current_steps": w.current_steps,
+            "attention": attention,
+            "error": w.error,
+            "created_at": w.created_at,
+            "updated_at": w.updated_at,
+        }));
+    }
+    let needing: usize = rows.iter().filter(|r| !r["attention"].is_null()).count();
+    Ok(json!({
+        "summary": counts,
+        "needing_attention": needing,
+        "workflows": rows,
+    }))
+}
+
+/// `/mcp`: streamable HTTP, stateless (no session another instance would lack), over the
+/// server's own API router.
+pub fn service(
+    state: &crate::http::AppState,
+    api: axum::Router,
+) -> rmcp::transport::streamable_http_server::StreamableHttpService<
+    Tools,
+    rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
+> {
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService,
+    };
+    let base = format!("http://{}", state.leptos_options.site_addr);
+    let tools = Tools::in_server(Api::local(api, &base));
+    let mut config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(false)
+        .with_json_response(true)
+        .with_cancellation_token(state.closing.child_token());
+    if !state.config.addr.ip().is_loopback() {
+        // rmcp accepts only loopback `Host`s unless told otherwise (DNS rebinding); a server
+        // bound to a network address is reached by other names.
+        config = config.disable_allowed_hosts();
+    }
+    StreamableHttpService::new(move || Ok(tools.clone()), Default::default(), config)
+}
+
+/// `cairn mcp --server URL`: the same tools over stdio, for clients that spawn a process.
+/// Only the protocol goes to stdout.
+pub async fn serve_stdio(server: &str) -> anyhow::Result<()> {
+    use rmcp::ServiceExt;
+    let running = Tools::remote(Api::remote(server))
+        .serve(rmcp::transport::stdio())
+        .await?;
+    running.waiting().await?;
+    Ok(())
+}
