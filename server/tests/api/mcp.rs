@@ -324,6 +324,11 @@ async fn an_agent_repairs_a_failed_workflow_and_cancels_another_and_bad_calls_ar
         text.contains("no workflow") && text.contains("workflow_monitor"),
         "{text}"
     );
+    // Odd bytes in an id are looked up as an id, never as another route.
+    for odd in ["../../api/health", "wf_1?x=2#y", "wf/ü\u{0}"] {
+        let text = tool_error(call(&client, "invoke_status", json!({ "threadId": odd })).await);
+        assert!(text.contains("no workflow"), "{odd}: {text}");
+    }
     let text = tool_error(call(&client, "invoke_status", json!({})).await);
     assert!(text.contains("threadId"), "{text}");
     let text = tool_error(
