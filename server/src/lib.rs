@@ -10,6 +10,7 @@
 //!   pages and static files.
 //! - [`live`]: the gap-free event feed behind every stream, and the caps on open streams.
 //! - [`mcp`]: the MCP tools, at `/mcp` and over stdio (`cairn mcp`).
+//! - [`metrics`]: counters and histograms, exported at `/metrics`.
 //! - [`startup`]: builds an [`startup::Application`] from a config and runs it until shutdown.
 //! - [`telemetry`]: tracing set-up.
 
@@ -20,6 +21,7 @@ pub mod engine;
 pub mod http;
 pub mod live;
 pub mod mcp;
+pub mod metrics;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -33,6 +33,7 @@ impl Application {
     /// Opens and migrates the store, binds the address; does not serve yet.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         raise_open_files_limit();
+        crate::metrics::install();
         let store = Store::connect(&config.database_url).await?;
         let listener = TcpListener::bind(config.addr)
             .await

@@ -856,6 +856,7 @@ impl Engine {
         let ttl = chrono::Duration::from_std(self.settings.lease_ttl)?;
         let ids: Vec<String> = self.owned.keys().cloned().collect();
         let held = self.store.renew(&self.instance, &ids, ttl).await?;
+        crate::metrics::leases_lost(ids.len().saturating_sub(held.len()));
         self.last_renewal = tokio::time::Instant::now();
         let held: std::collections::HashSet<String> = held.into_iter().collect();
         let lost: Vec<String> = self

@@ -21,6 +21,9 @@ pub struct Health {
     pub version: &'static str,
     /// This instance's id (differs per process, useful when several share a database).
     pub instance: String,
+    /// The 95th percentile of this instance's recent checkpoint commits, in milliseconds
+    /// (`null` before the first).
+    pub checkpoint_commit_p95_ms: Option<f64>,
 }
 
 async fn health(State(state): State<AppState>) -> impl IntoResponse {
@@ -39,6 +42,27 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
         store: state.store.kind(),
         version: env!("CARGO_PKG_VERSION"),
         instance: state.instance.to_string(),
+        checkpoint_commit_p95_ms: p95(state.store.commit_latencies_ms()),
     };
     (code, Json(body))
+}
+
+fn p95(mut samples: Vec<f64>) -> Option<f64> {
+    if samples.is_empty() {
+        return None;
+    }
+    samples.sort_by(f64::total_cmp);
+    let i = ((samples.len() as f64 * 0.95).ceil() as usize).clamp(1, samples.len()) - 1;
+    Some((samples[i] * 100.0).round() / 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_p95_is_the_sample_below_which_95_percent_lie() {
+        assert_eq!(super::p95(vec![]), None);
+        assert_eq!(super::p95(vec![3.0]), Some(3.0));
+        let samples: Vec<f64> = (1..=100).map(f64::from).rev().collect();
+        assert_eq!(super::p95(samples), Some(95.0));
+    }
 }

@@ -80,8 +80,38 @@ pub fn router(state: AppState) -> Router {
         >(provide_data, shell))
         .with_state(state);
     api.nest_service("/mcp", mcp)
+        .route("/metrics", get(metrics_text))
         .merge(pages)
+        .layer(axum::middleware::from_fn(track))
         .layer(TraceLayer::new_for_http())
+}
+
+/// `GET /metrics`: every metric in Prometheus' text format.
+async fn metrics_text() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::install().render(),
+    )
+}
+
+/// Counts each request by its route pattern (`/api/workflows/{id}`, never the id itself),
+/// method and status.
+async fn track(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = req.method().to_string();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    crate::metrics::http_request(&route, &method, resp.status().as_u16(), started.elapsed());
+    resp
 }
 
 /// The JSON API (with the replaced system's endpoints): what clients call, and what the MCP

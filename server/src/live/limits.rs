@@ -54,6 +54,7 @@ impl StreamLimits {
         }
         *mine += 1;
         c.total += 1;
+        crate::metrics::sse_clients(c.total);
         Ok(StreamGuard {
             limits: self.clone(),
             client,
@@ -77,6 +78,7 @@ impl Drop for StreamGuard {
     fn drop(&mut self) {
         let mut c = self.limits.counts.lock().unwrap_or_else(|p| p.into_inner());
         c.total = c.total.saturating_sub(1);
+        crate::metrics::sse_clients(c.total);
         if let Some(n) = c.per_client.get_mut(&self.client) {
             *n -= 1;
             if *n == 0 {

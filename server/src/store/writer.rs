@@ -140,6 +140,12 @@ async fn run(
             }
             l.push(ms);
         }
+        match &result {
+            Ok(outcomes) => {
+                crate::metrics::checkpoint(started.elapsed(), sizes.iter().sum(), outcomes)
+            }
+            Err(_) => crate::metrics::checkpoint_failed(),
+        }
         match result {
             Ok(outcomes) => {
                 // Full means a wake-up is pending already: the publisher reads it all.

@@ -10,6 +10,7 @@ mod helpers;
 mod instances;
 mod limits;
 mod mcp;
+mod metrics;
 mod pages;
 mod pg;
 mod sse;
