@@ -93,6 +93,8 @@ pub struct EngineConfig {
     pub settings: EngineSettings,
     /// Live streams: heartbeat and caps.
     pub sse: SseSettings,
+    /// Deleting old finished workflows (`[retention]`); `None` keeps everything.
+    pub retention: Option<crate::retention::Retention>,
 }
 
 impl EngineConfig {
@@ -146,12 +148,14 @@ impl EngineConfig {
             max_streams: sse.max_streams,
             max_streams_per_client: sse.max_streams_per_client,
         };
+        let retention = raw.retention.map(|r| r.check()).transpose()?;
         Ok(Self {
             roles,
             retry,
             default_timeout_s: raw.defaults.timeout_s,
             settings,
             sse,
+            retention,
         })
     }
 
@@ -213,6 +217,7 @@ struct RawConfig {
     defaults: RawDefaults,
     #[serde(default)]
     roles: BTreeMap<String, RawRole>,
+    retention: Option<crate::retention::RawRetention>,
 }
 
 /// A `[roles.NAME]` section as written: the runner's keys (tagged by `runner`) beside the

@@ -11,6 +11,7 @@
 //! - [`live`]: the gap-free event feed behind every stream, and the caps on open streams.
 //! - [`mcp`]: the MCP tools, at `/mcp` and over stdio (`cairn mcp`).
 //! - [`metrics`]: counters and histograms, exported at `/metrics`.
+//! - [`retention`]: deleting old finished workflows, in the background and by hand.
 //! - [`startup`]: builds an [`startup::Application`] from a config and runs it until shutdown.
 //! - [`telemetry`]: tracing set-up.
 
@@ -22,6 +23,7 @@ pub mod http;
 pub mod live;
 pub mod mcp;
 pub mod metrics;
+pub mod retention;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -107,6 +107,13 @@ impl Application {
             "cairn is listening on http://{}",
             self.addr
         );
+        if let Some(retention) = self.state.config.engine.retention.clone() {
+            tokio::spawn(crate::retention::run(
+                self.state.store.clone(),
+                retention,
+                shutdown.clone(),
+            ));
+        }
         let closing = self.state.closing.clone();
         let router = http::router(self.state);
         // Connect info: stream caps are per client address.

@@ -102,6 +102,21 @@ enum Command {
         #[command(flatten)]
         remote: remote::Remote,
     },
+    /// Delete finished workflows older than an age (their events, steps and outputs too).
+    Prune {
+        /// The age: 7d, 12h, 90m.
+        #[arg(long, value_parser = parse_age)]
+        older_than: std::time::Duration,
+        /// Only say what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        /// Workflows per transaction.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10000))]
+        batch: u32,
+        /// The database, as for `serve`.
+        #[arg(long, env = "CAIRN_DATABASE_URL", default_value = "sqlite://cairn.db")]
+        database_url: String,
+    },
     /// An MCP server on stdin/stdout for agents that spawn one, over a cairn server's API.
     Mcp {
         /// The cairn server's URL.
@@ -124,6 +139,15 @@ pub async fn main() -> ExitCode {
             // Only the protocol goes to stdout.
             telemetry::init_stderr("warn");
             return done(crate::mcp::serve_stdio(&server).await);
+        }
+        Command::Prune {
+            older_than,
+            dry_run,
+            batch,
+            database_url,
+        } => {
+            telemetry::init_stderr("warn");
+            return done(prune(&database_url, older_than, batch, dry_run).await);
         }
         Command::Run(args) => remote::run(args).await,
         Command::Ls {
@@ -169,6 +193,37 @@ pub async fn main() -> ExitCode {
             ExitCode::from(failure.exit)
         }
     }
+}
+
+fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    crate::retention::parse_age(text).map_err(|e| format!("{e:#}"))
+}
+
+/// `cairn prune`: on the database directly, like `serve` (also while servers run on it).
+async fn prune(
+    database_url: &str,
+    older_than: std::time::Duration,
+    batch: u32,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let store = crate::store::Store::connect(database_url).await?;
+    let pruned = crate::retention::prune_all(&store, older_than, batch, dry_run).await?;
+    let n = pruned.workflows.len();
+    let what = format!(
+        "{n} finished workflow{} ({} event{})",
+        if n == 1 { "" } else { "s" },
+        pruned.events,
+        if pruned.events == 1 { "" } else { "s" }
+    );
+    if dry_run {
+        println!("would delete {what}");
+        for id in &pruned.workflows {
+            println!("  {id}");
+        }
+    } else {
+        println!("deleted {what}");
+    }
+    Ok(())
 }
 
 fn done(result: anyhow::Result<()>) -> ExitCode {

@@ -312,4 +312,38 @@ impl Store {
             Backend::Postgres(p, _) => p.release(owner, workflow_id).await,
         }
     }
+
+    /// Deletes up to `limit` finished (completed, failed or cancelled) workflows whose last
+    /// change is older than `before`, with their events, steps, outputs, leases and
+    /// idempotency keys, in one transaction; a running workflow is never touched. With
+    /// `dry_run`, only says which it would delete.
+    pub async fn prune(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+        dry_run: bool,
+    ) -> anyhow::Result<Pruned> {
+        match &self.backend {
+            Backend::Sqlite(s, _) => s.prune(before, limit, dry_run).await,
+            Backend::Postgres(p, _) => p.prune(before, limit, dry_run).await,
+        }
+    }
+
+    /// The log's last event id when retention last deleted something (0 if never): a client
+    /// whose stream position is not past it may still show what was deleted.
+    pub async fn pruned_through(&self) -> anyhow::Result<i64> {
+        match &self.backend {
+            Backend::Sqlite(s, _) => s.pruned_through().await,
+            Backend::Postgres(p, _) => p.pruned_through().await,
+        }
+    }
+}
+
+/// What one round of [`Store::prune`] deleted (or would).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Pruned {
+    /// The workflows, oldest change first.
+    pub workflows: Vec<String>,
+    /// How many events they had.
+    pub events: u64,
 }

@@ -298,6 +298,71 @@ impl PgStore {
         Ok(())
     }
 
+    /// See [`super::Store::prune`]. The chosen rows are locked (`SKIP LOCKED`: a workflow
+    /// that an instance is checkpointing is left for the next round), so no checkpoint can
+    /// resume one between choosing and deleting it; several instances may prune at once.
+    pub async fn prune(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+        dry_run: bool,
+    ) -> anyhow::Result<super::Pruned> {
+        let mut tx = self.pool.begin().await.context("beginning a prune")?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM workflows WHERE status IN ('completed', 'failed', 'cancelled') \
+               AND updated_at < $1 ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(before)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .context("finding finished workflows")?;
+        let events: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM events WHERE workflow_id = ANY($1)")
+                .bind(&ids)
+                .fetch_one(&mut *tx)
+                .await
+                .context("counting their events")?;
+        if dry_run || ids.is_empty() {
+            return Ok(super::Pruned {
+                workflows: ids,
+                events: events as u64,
+            });
+        }
+        // Children first (outputs refer to events, steps and leases to workflows).
+        for delete in [
+            "DELETE FROM outputs WHERE workflow_id = ANY($1)",
+            "DELETE FROM events WHERE workflow_id = ANY($1)",
+            "DELETE FROM steps WHERE workflow_id = ANY($1)",
+            "DELETE FROM leases WHERE workflow_id = ANY($1)",
+            "DELETE FROM idempotency_keys WHERE workflow_id = ANY($1)",
+            "DELETE FROM workflows WHERE id = ANY($1)",
+        ] {
+            sqlx::query(delete)
+                .bind(&ids)
+                .execute(&mut *tx)
+                .await
+                .with_context(|| format!("pruning: {delete}"))?;
+        }
+        sqlx::query("UPDATE retention SET pruned_through = (SELECT last_id FROM log_head)")
+            .execute(&mut *tx)
+            .await
+            .context("recording the pruned ids")?;
+        tx.commit().await.context("committing a prune")?;
+        Ok(super::Pruned {
+            workflows: ids,
+            events: events as u64,
+        })
+    }
+
+    /// See [`super::Store::pruned_through`].
+    pub async fn pruned_through(&self) -> anyhow::Result<i64> {
+        sqlx::query_scalar("SELECT pruned_through FROM retention")
+            .fetch_one(&self.pool)
+            .await
+            .context("reading the retention mark")
+    }
+
     /// Starts the listener: every `NOTIFY` of a checkpoint (this instance's or another's)
     /// wakes the publisher. A lost connection is reconnected, and the publisher is woken then
     /// too, since notifications sent meanwhile are gone; it catches up from the table, and it

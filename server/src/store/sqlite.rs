@@ -177,6 +177,21 @@ impl SqliteStore {
     pub async fn release(&self, owner: &str, workflow_id: &str) -> anyhow::Result<()> {
         sqlite_ops::release(&mut *self.writer().await?, owner, workflow_id).await
     }
+
+    /// See [`super::Store::prune`].
+    pub async fn prune(
+        &self,
+        before: chrono::DateTime<Utc>,
+        limit: u32,
+        dry_run: bool,
+    ) -> anyhow::Result<super::Pruned> {
+        sqlite_ops::prune(&mut *self.writer().await?, before, limit, dry_run).await
+    }
+
+    /// See [`super::Store::pruned_through`].
+    pub async fn pruned_through(&self) -> anyhow::Result<i64> {
+        sqlite_ops::pruned_through(&mut *self.reader().await?).await
+    }
 }
 
 impl GroupCommit for SqliteStore {

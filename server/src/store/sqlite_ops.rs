@@ -461,3 +461,77 @@ pub(super) async fn release(
         .context("releasing a lease")?;
     Ok(())
 }
+
+/// Deletes (or with `dry_run` only finds) up to `limit` finished workflows that last changed
+/// before `before`, with everything that belongs to them, in one transaction.
+pub(super) async fn prune(
+    conn: &mut SqliteConnection,
+    before: DateTime<Utc>,
+    limit: u32,
+    dry_run: bool,
+) -> anyhow::Result<super::Pruned> {
+    // IMMEDIATE: the write lock first, so no other process changes a workflow between
+    // choosing it and deleting it.
+    let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE")
+        .await
+        .context("beginning a prune")?;
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM workflows WHERE status IN ('completed', 'failed', 'cancelled') \
+           AND updated_at < ?1 ORDER BY updated_at LIMIT ?2",
+    )
+    .bind(ts(before))
+    .bind(i64::from(limit))
+    .fetch_all(&mut *tx)
+    .await
+    .context("finding finished workflows")?;
+    let json = serde_json::to_string(&ids).context("encoding workflow ids")?;
+    let events: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE workflow_id IN (SELECT value FROM json_each(?1))",
+    )
+    .bind(&json)
+    .fetch_one(&mut *tx)
+    .await
+    .context("counting their events")?;
+    if dry_run || ids.is_empty() {
+        return Ok(super::Pruned {
+            workflows: ids,
+            events: events as u64,
+        });
+    }
+    // Children first (outputs refer to events, steps and leases to workflows).
+    for delete in [
+        "DELETE FROM outputs WHERE workflow_id IN (SELECT value FROM json_each(?1))",
+        "DELETE FROM events WHERE workflow_id IN (SELECT value FROM json_each(?1))",
+        "DELETE FROM steps WHERE workflow_id IN (SELECT value FROM json_each(?1))",
+        "DELETE FROM leases WHERE workflow_id IN (SELECT value FROM json_each(?1))",
+        "DELETE FROM idempotency_keys WHERE workflow_id IN (SELECT value FROM json_each(?1))",
+        "DELETE FROM workflows WHERE id IN (SELECT value FROM json_each(?1))",
+    ] {
+        sqlx::query(delete)
+            .bind(&json)
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("pruning: {delete}"))?;
+    }
+    // The log's head (AUTOINCREMENT's counter: the newest events may be among the deleted).
+    sqlx::query(
+        "UPDATE retention SET pruned_through = \
+           (SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'events')",
+    )
+    .execute(&mut *tx)
+    .await
+    .context("recording the pruned ids")?;
+    tx.commit().await.context("committing a prune")?;
+    Ok(super::Pruned {
+        workflows: ids,
+        events: events as u64,
+    })
+}
+
+/// The log's last id when retention last deleted something (0 if never).
+pub(super) async fn pruned_through(conn: &mut SqliteConnection) -> anyhow::Result<i64> {
+    sqlx::query_scalar("SELECT pruned_through FROM retention")
+        .fetch_one(&mut *conn)
+        .await
+        .context("reading the retention mark")
+}

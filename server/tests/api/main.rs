@@ -13,6 +13,7 @@ mod mcp;
 mod metrics;
 mod pages;
 mod pg;
+mod retention;
 mod sse;
 mod store_suite;
 mod workflows;

@@ -36,7 +36,7 @@ impl Sse {
         req.send().await.expect("connect")
     }
 
-    async fn connect(app: &TestApp, path: &str, last_event_id: Option<i64>) -> Self {
+    pub(crate) async fn connect(app: &TestApp, path: &str, last_event_id: Option<i64>) -> Self {
         Self::from_response(Self::open(app, path, last_event_id).await, path)
     }
 

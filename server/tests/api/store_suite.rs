@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, time::Duration};
 use cairn::{Event, ParseOptions};
 use chrono::Utc;
 use serde_json::json;
-use server::store::{Change, Outcome, Rejection, Stamped, Store};
+use server::store::{Change, ListQuery, Outcome, Pruned, Rejection, Stamped, Store};
 
 use crate::pg::TestDb;
 
@@ -81,6 +81,7 @@ crate::both_backends!(
     whole_outputs_are_stored_beside_the_log,
     the_workspace_snapshot_and_the_log_agree,
     only_one_instance_claims_a_workflow,
+    pruning_deletes_exactly_the_old_finished_workflows_with_all_they_own,
 );
 
 fn spec(steps: serde_json::Value) -> cairn::ValidSpec {
@@ -524,4 +525,111 @@ async fn a_takeover_waits_for_a_checkpoint_in_progress_and_then_fences_the_old_o
         "{out:?}"
     );
     assert_eq!(old.history(&id, 0).await.unwrap().len(), before);
+}
+
+/// Runs workflow `id` (one step `a`) to `end`: completed with an output, failed or cancelled.
+async fn finish(store: &Store, id: &str, end: Event) {
+    let mut change = event(id, Event::WorkflowStarted {});
+    let at = Utc::now();
+    let mut push = |event| change.events.push(Stamped { at, event });
+    push(Event::StepStarted {
+        step_id: "a".into(),
+        attempt: 1,
+        task: "A".into(),
+        task_bytes: None,
+        session_id: None,
+    });
+    if matches!(end, Event::WorkflowCompleted {}) {
+        push(Event::StepCompleted {
+            step_id: "a".into(),
+            attempt: 1,
+            output: "x".repeat(10_000),
+            output_bytes: None,
+            session_id: None,
+            duration_ms: 1,
+        });
+    }
+    push(end);
+    let out = store.commit(vec![change]).await.unwrap();
+    assert!(matches!(out[0], Outcome::Committed { .. }), "{out:?}");
+}
+
+async fn pruning_deletes_exactly_the_old_finished_workflows_with_all_they_own(db: Db) {
+    let store = db.store().await;
+    let keyed = Change::created(
+        spec(json!({ "id": "a", "role": "architect", "task": "A" })),
+        None,
+        Some(("key-1".into(), "hash-1".into())),
+    );
+    let done = keyed.workflow_id.clone();
+    store.commit(vec![keyed]).await.unwrap();
+    finish(&store, &done, Event::WorkflowCompleted {}).await;
+    let cancelled = create(&store).await;
+    finish(
+        &store,
+        &cancelled,
+        Event::WorkflowCancelled {
+            by: None,
+            reason: None,
+        },
+    )
+    .await;
+    let running = create(&store).await;
+    store
+        .commit(vec![event(&running, Event::WorkflowStarted {})])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cut = Utc::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let recent = create(&store).await;
+    finish(&store, &recent, Event::WorkflowCompleted {}).await;
+    let doomed_events = store.history(&done, 0).await.unwrap().len()
+        + store.history(&cancelled, 0).await.unwrap().len();
+    let head = store.history(&recent, 0).await.unwrap().last().unwrap().id;
+
+    // A dry run names them and deletes nothing.
+    let seen = store.prune(cut, 100, true).await.unwrap();
+    assert_eq!(seen.workflows, [done.clone(), cancelled.clone()]);
+    assert_eq!(seen.events, doomed_events as u64);
+    assert!(store.load(&done).await.unwrap().is_some());
+    assert_eq!(store.pruned_through().await.unwrap(), 0);
+
+    // Batches of one, oldest first, until none is left.
+    assert_eq!(
+        store.prune(cut, 1, false).await.unwrap().workflows,
+        [done.as_str()]
+    );
+    assert_eq!(
+        store.prune(cut, 1, false).await.unwrap().workflows,
+        [cancelled.as_str()]
+    );
+    assert_eq!(store.prune(cut, 1, false).await.unwrap(), Pruned::default());
+    for id in [&done, &cancelled] {
+        assert!(store.load(id).await.unwrap().is_none());
+        assert!(store.history(id, 0).await.unwrap().is_empty());
+    }
+    assert_eq!(store.output(&done, "a").await.unwrap(), None);
+    // The log's head then: a stream at or before it may still show the deleted ones.
+    assert_eq!(store.pruned_through().await.unwrap(), head);
+    // Untouched: the running one and the one that finished after the cut.
+    assert!(store.load(&running).await.unwrap().is_some());
+    assert_eq!(store.history(&recent, 0).await.unwrap().len(), 5);
+    assert!(store.output(&recent, "a").await.unwrap().is_some());
+    // Its idempotency key went with it: the key starts a new workflow now.
+    let again = Change::created(
+        spec(json!({ "id": "a", "role": "architect", "task": "A" })),
+        None,
+        Some(("key-1".into(), "hash-1".into())),
+    );
+    let out = store.commit(vec![again]).await.unwrap();
+    assert!(matches!(out[0], Outcome::Committed { .. }), "{out:?}");
+    let list = store
+        .list(&ListQuery {
+            limit: 50,
+            ..ListQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 3);
 }
