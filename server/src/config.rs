@@ -165,6 +165,31 @@ impl EngineConfig {
     }
 }
 
+/// Every `${NAME}` in these values must name a variable of the server's environment (its value
+/// is read when the runner is built, and never printed: not here either).
+fn check_env_refs(place: &str, values: &BTreeMap<String, String>) -> anyhow::Result<()> {
+    for (key, value) in values {
+        let mut rest = value.as_str();
+        while let Some(start) = rest.find("${") {
+            let Some(len) = rest[start + 2..].find('}') else {
+                bail!("{place}.{key}: an unclosed ${{ (write ${{NAME}})");
+            };
+            let var = &rest[start + 2..start + 2 + len];
+            if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                bail!("{place}.{key}: ${{{var}}} is not a variable name");
+            }
+            if std::env::var_os(var).is_none() {
+                bail!(
+                    "{place}.{key} takes ${{{var}}} from the server's environment, \
+                     but {var} is not set there"
+                );
+            }
+            rest = &rest[start + 3 + len..];
+        }
+    }
+    Ok(())
+}
+
 /// Checks one `[roles.NAME]` section and resolves its output limit.
 fn check_role(name: &str, raw: RawRole) -> anyhow::Result<RoleConfig> {
     let valid_name = name
@@ -176,15 +201,17 @@ fn check_role(name: &str, raw: RawRole) -> anyhow::Result<RoleConfig> {
     }
     match &raw.runner {
         RunnerConfig::Simulate => {}
-        RunnerConfig::Command { program, .. } => {
+        RunnerConfig::Command { program, env, .. } => {
             if program.trim().is_empty() {
                 bail!("roles.{name}.program must not be empty");
             }
+            check_env_refs(&format!("roles.{name}.env"), env)?;
         }
-        RunnerConfig::Http { url, .. } => {
+        RunnerConfig::Http { url, headers } => {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 bail!("roles.{name}.url must start with http:// or https://, got {url:?}");
             }
+            check_env_refs(&format!("roles.{name}.headers"), headers)?;
         }
     }
     let max_bytes = match raw.max_output_bytes {

@@ -14,6 +14,7 @@ mod metrics;
 mod pages;
 mod pg;
 mod retention;
+mod secrets;
 mod sse;
 mod store_suite;
 mod workflows;

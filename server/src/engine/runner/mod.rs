@@ -102,13 +102,29 @@ pub struct LogLine {
 #[derive(Debug, Clone)]
 pub struct LogSink {
     tx: mpsc::Sender<LogLine>,
+    /// Values masked in every line (see [`Secrets`]).
+    secrets: Secrets,
 }
 
 impl LogSink {
     /// A sink and the receiver the engine drains.
     pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<LogLine>) {
         let (tx, rx) = mpsc::channel(capacity);
-        (Self { tx }, rx)
+        (
+            Self {
+                tx,
+                secrets: Secrets::default(),
+            },
+            rx,
+        )
+    }
+
+    /// The same sink, masking `secrets` in every line.
+    fn masking(&self, secrets: &Secrets) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            secrets: secrets.clone(),
+        }
     }
 
     fn send(&self, a: &Attempt, stream: LogStream, line: String) {
@@ -117,9 +133,80 @@ impl LogSink {
             step_id: a.step_id.clone(),
             attempt: a.attempt,
             stream,
-            line,
+            line: self.secrets.mask(line),
         });
     }
+}
+
+/// What a role's runner takes from the server's environment (`${NAME}` in its `env` or
+/// `headers`): never shown. Each value is replaced by [`Secrets::MASK`] in the attempt's log
+/// lines, output, session id and error before anything is stored, sent or logged, and the
+/// runner's `Debug` prints only the names.
+#[derive(Clone, Default)]
+pub struct Secrets(Arc<Vec<String>>);
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secrets({} masked)", self.0.len())
+    }
+}
+
+impl Secrets {
+    /// What a secret's value becomes.
+    pub const MASK: &'static str = "[masked]";
+    /// Values shorter than this are not masked: masking every `1` or `on` in an output would
+    /// garble it without hiding anything worth hiding.
+    pub const MIN_LEN: usize = 4;
+
+    /// `text` with every secret value masked.
+    pub fn mask(&self, text: String) -> String {
+        let mut text = text;
+        for secret in self.0.iter() {
+            if text.contains(secret.as_str()) {
+                text = text.replace(secret.as_str(), Self::MASK);
+            }
+        }
+        text
+    }
+
+    fn mask_result(&self, r: Result<RunOutput, RunError>) -> Result<RunOutput, RunError> {
+        if self.0.is_empty() {
+            return r;
+        }
+        match r {
+            Ok(out) => Ok(RunOutput {
+                output: self.mask(out.output),
+                session_id: out.session_id.map(|s| self.mask(s)),
+            }),
+            Err(e) => Err(RunError {
+                message: self.mask(e.message),
+                is_final: e.is_final,
+            }),
+        }
+    }
+}
+
+/// Replaces each `${NAME}` in `value` with the server's environment variable `NAME`, adding
+/// what it put in to `secrets`. The configuration was checked at start-up (every named
+/// variable is set), so a variable that vanished since becomes empty.
+fn expand(value: &str, secrets: &mut Vec<String>) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        let Some(len) = rest[start + 2..].find('}') else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        let name = &rest[start + 2..start + 2 + len];
+        let v = std::env::var(name).unwrap_or_default();
+        if v.len() >= Secrets::MIN_LEN {
+            secrets.push(v.clone());
+        }
+        out.push_str(&v);
+        rest = &rest[start + 3 + len..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A runner, built once from the configuration.
@@ -134,23 +221,44 @@ pub enum Runner {
 }
 
 /// A configured command runner.
-#[derive(Debug)]
 pub struct CommandSpec {
     program: String,
     args: Vec<String>,
     resume_args: Vec<String>,
     task_via: TaskVia,
     env: BTreeMap<String, String>,
+    secrets: Secrets,
     limit: OutputLimit,
 }
 
+impl std::fmt::Debug for CommandSpec {
+    // The environment's values may be secrets: names only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandSpec")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A configured HTTP runner.
-#[derive(Debug)]
 pub struct HttpSpec {
     url: String,
     headers: BTreeMap<String, String>,
+    secrets: Secrets,
     client: reqwest::Client,
     limit: OutputLimit,
+}
+
+impl std::fmt::Debug for HttpSpec {
+    // Header values may be secrets: names only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpSpec")
+            .field("url", &self.url)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Runner {
@@ -165,20 +273,36 @@ impl Runner {
                 resume_args,
                 task_via,
                 env,
-            } => Self::Command(Arc::new(CommandSpec {
-                program: program.clone(),
-                args: args.clone(),
-                resume_args: resume_args.clone(),
-                task_via: *task_via,
-                env: env.clone(),
-                limit,
-            })),
-            RunnerConfig::Http { url, headers } => Self::Http(Arc::new(HttpSpec {
-                url: url.clone(),
-                headers: headers.clone(),
-                client: reqwest::Client::new(),
-                limit,
-            })),
+            } => {
+                let mut secrets = Vec::new();
+                let env = env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), expand(v, &mut secrets)))
+                    .collect();
+                Self::Command(Arc::new(CommandSpec {
+                    program: program.clone(),
+                    args: args.clone(),
+                    resume_args: resume_args.clone(),
+                    task_via: *task_via,
+                    env,
+                    secrets: Secrets(Arc::new(secrets)),
+                    limit,
+                }))
+            }
+            RunnerConfig::Http { url, headers } => {
+                let mut secrets = Vec::new();
+                let headers = headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), expand(v, &mut secrets)))
+                    .collect();
+                Self::Http(Arc::new(HttpSpec {
+                    url: url.clone(),
+                    headers,
+                    secrets: Secrets(Arc::new(secrets)),
+                    client: reqwest::Client::new(),
+                    limit,
+                }))
+            }
         }
     }
 
@@ -191,8 +315,14 @@ impl Runner {
     ) -> Result<RunOutput, RunError> {
         match self {
             Self::Simulate(limit) => simulate(limit, attempt, logs, cancel).await,
-            Self::Command(spec) => run_command(spec, attempt, logs, cancel).await,
-            Self::Http(spec) => run_http(spec, attempt, cancel).await,
+            Self::Command(spec) => {
+                let logs = logs.masking(&spec.secrets);
+                let result = run_command(spec, attempt, &logs, cancel).await;
+                spec.secrets.mask_result(result)
+            }
+            Self::Http(spec) => spec
+                .secrets
+                .mask_result(run_http(spec, attempt, cancel).await),
         }
     }
 }
