@@ -93,6 +93,8 @@ pub struct EngineConfig {
     pub settings: EngineSettings,
     /// Live streams: heartbeat and caps.
     pub sse: SseSettings,
+    /// CORS, request timeouts and write limits.
+    pub http: HttpSettings,
     /// Deleting old finished workflows (`[retention]`); `None` keeps everything.
     pub retention: Option<crate::retention::Retention>,
 }
@@ -143,11 +145,16 @@ impl EngineConfig {
         if sse.heartbeat_ms < 100 || sse.max_streams == 0 || sse.max_streams_per_client == 0 {
             bail!("sse: heartbeat_ms must be at least 100 and the stream caps at least 1");
         }
+        if sse.max_age_ms < 100 {
+            bail!("sse.max_age_ms must be at least 100");
+        }
         let sse = SseSettings {
             heartbeat: std::time::Duration::from_millis(sse.heartbeat_ms),
             max_streams: sse.max_streams,
             max_streams_per_client: sse.max_streams_per_client,
+            max_age: std::time::Duration::from_millis(sse.max_age_ms),
         };
+        let http = raw.http.check()?;
         let retention = raw.retention.map(|r| r.check()).transpose()?;
         Ok(Self {
             roles,
@@ -155,6 +162,7 @@ impl EngineConfig {
             default_timeout_s: raw.defaults.timeout_s,
             settings,
             sse,
+            http,
             retention,
         })
     }
@@ -241,6 +249,8 @@ struct RawConfig {
     #[serde(default)]
     sse: RawSse,
     #[serde(default)]
+    http: RawHttp,
+    #[serde(default)]
     defaults: RawDefaults,
     #[serde(default)]
     roles: BTreeMap<String, RawRole>,
@@ -264,6 +274,7 @@ struct RawSse {
     heartbeat_ms: u64,
     max_streams: usize,
     max_streams_per_client: usize,
+    max_age_ms: u64,
 }
 
 impl Default for RawSse {
@@ -273,7 +284,82 @@ impl Default for RawSse {
             heartbeat_ms: d.heartbeat.as_millis() as u64,
             max_streams: d.max_streams,
             max_streams_per_client: d.max_streams_per_client,
+            max_age_ms: d.max_age.as_millis() as u64,
         }
+    }
+}
+
+/// The `[http]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHttp {
+    cors_origins: Vec<String>,
+    request_timeout_ms: u64,
+    writes_per_second: u32,
+    write_burst: u32,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        Self {
+            cors_origins: Vec::new(),
+            request_timeout_ms: 30_000,
+            writes_per_second: 50,
+            write_burst: 200,
+        }
+    }
+}
+
+/// How the HTTP side guards itself (the `[http]` table of `cairn.toml`).
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Origins whose pages may call the API (CORS); none by default.
+    pub cors_origins: Vec<axum::http::HeaderValue>,
+    /// How long a non-streaming request may take before it is answered 503.
+    pub request_timeout: std::time::Duration,
+    /// Writes (POST and the like) per second and burst, per client address; `None` is no limit.
+    pub write_limit: Option<(std::num::NonZeroU32, std::num::NonZeroU32)>,
+}
+
+impl RawHttp {
+    fn check(self) -> anyhow::Result<HttpSettings> {
+        let cors_origins = self
+            .cors_origins
+            .iter()
+            .map(|o| {
+                let ok = (o.starts_with("http://") || o.starts_with("https://"))
+                    && !o
+                        .trim_start_matches("https://")
+                        .trim_start_matches("http://")
+                        .contains('/');
+                if !ok {
+                    bail!(
+                        "http.cors_origins: {o:?} is not an origin like https://dash.example.com"
+                    );
+                }
+                axum::http::HeaderValue::from_str(o).map_err(|_| {
+                    anyhow::anyhow!("http.cors_origins: {o:?} is not a valid header value")
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        if self.request_timeout_ms < 100 {
+            bail!("http.request_timeout_ms must be at least 100");
+        }
+        let write_limit = match (
+            std::num::NonZeroU32::new(self.writes_per_second),
+            std::num::NonZeroU32::new(self.write_burst),
+        ) {
+            (None, _) => None,
+            (Some(rate), Some(burst)) => Some((rate, burst)),
+            (Some(_), None) => {
+                bail!("http.write_burst must be at least 1 (or writes_per_second 0: no limit)")
+            }
+        };
+        Ok(HttpSettings {
+            cors_origins,
+            request_timeout: std::time::Duration::from_millis(self.request_timeout_ms),
+            write_limit,
+        })
     }
 }
 

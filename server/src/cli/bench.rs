@@ -407,7 +407,10 @@ async fn resume(db: &Path, n: usize) -> anyhow::Result<Value> {
     let config = db.with_file_name("resume.toml");
     std::fs::write(
         &config,
-        format!("{DEFAULT_CONFIG_TOML}\n[engine]\nmax_concurrency = 1024\n"),
+        // One client address starts every workflow: no write limit.
+        format!(
+            "{DEFAULT_CONFIG_TOML}\n[engine]\nmax_concurrency = 1024\n[http]\nwrites_per_second = 0\n"
+        ),
     )?;
     let (mut child, url) = spawn_server(db, Some(&config)).await?;
     let client = reqwest::Client::new();

@@ -91,7 +91,9 @@ pub async fn run(dir: &Path, clients: usize, workflows: usize) -> anyhow::Result
     std::fs::write(
         &config,
         format!(
-            "{DEFAULT_CONFIG_TOML}\n[sse]\nmax_streams = {}\nmax_streams_per_client = {}\n",
+            // One client address starts every workflow: no write limit.
+            "{DEFAULT_CONFIG_TOML}\n[sse]\nmax_streams = {}\nmax_streams_per_client = {}\n\
+             [http]\nwrites_per_second = 0\n",
             clients + 100,
             clients + 100
         ),

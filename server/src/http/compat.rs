@@ -40,16 +40,21 @@ use super::{
 };
 use crate::live::Feed;
 
-/// The compatible routes.
+/// The compatible routes that answer at once.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/invoke/async", post(invoke_async))
-        .route("/api/invoke/stream/{thread_id}", get(invoke_stream))
         .route(
             "/api/invoke-status/status/{thread_id}",
             get(invoke_status).post(invoke_status),
         )
         .route("/api/v1/execute-dag", post(execute_dag))
+}
+
+/// The compatible streams.
+pub fn streams() -> Router<AppState> {
+    Router::new()
+        .route("/api/invoke/stream/{thread_id}", get(invoke_stream))
         .route("/api/v1/dag-executions/{id}/events", get(dag_events))
 }
 

@@ -83,9 +83,11 @@ where
     // Browsers wait 3 s by default before reconnecting; after a restart 1 s is kinder.
     let retry = Frame::default().retry(Duration::from_secs(1));
     let closing = state.closing.clone().cancelled_owned();
+    let too_old = tokio::time::sleep(state.config.engine.sse.max_age);
     let frames = stream::iter([retry])
         .chain(frames)
         .take_until(closing)
+        .take_until(too_old)
         .map(move |f| {
             let _slot = &guard;
             Ok::<_, Infallible>(f)
@@ -202,6 +204,9 @@ pub struct SseSettings {
     pub max_streams: usize,
     /// Streams open at once per client address.
     pub max_streams_per_client: usize,
+    /// How long one stream stays open; then it ends, and the client reconnects with its
+    /// `Last-Event-ID` (to any instance) and misses nothing.
+    pub max_age: Duration,
 }
 
 impl Default for SseSettings {
@@ -210,6 +215,7 @@ impl Default for SseSettings {
             heartbeat: Duration::from_secs(15),
             max_streams: 20_000,
             max_streams_per_client: 500,
+            max_age: Duration::from_secs(3600),
         }
     }
 }

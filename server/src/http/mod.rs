@@ -5,6 +5,7 @@
 mod compat;
 pub mod error;
 pub mod events;
+mod guard;
 mod health;
 pub mod workflows;
 
@@ -48,6 +49,7 @@ pub struct AppState {
 
 /// The whole application router.
 pub fn router(state: AppState) -> Router {
+    let state_cors = state.config.engine.http.cors_origins.clone();
     let api = api(state.clone());
     let mcp = crate::mcp::service(&state, api.clone());
 
@@ -79,10 +81,12 @@ pub fn router(state: AppState) -> Router {
             _,
         >(provide_data, shell))
         .with_state(state);
+    let cors = guard::cors(&state_cors);
     api.nest_service("/mcp", mcp)
         .route("/metrics", get(metrics_text))
         .merge(pages)
         .layer(axum::middleware::from_fn(track))
+        .layer(cors)
         .layer(TraceLayer::new_for_http())
 }
 
@@ -117,15 +121,28 @@ async fn track(
 /// The JSON API (with the replaced system's endpoints): what clients call, and what the MCP
 /// tools call in-process.
 pub fn api(state: AppState) -> Router {
-    Router::new()
+    let http = &state.config.engine.http;
+    let answered_at_once = Router::new()
         .merge(health::router())
         .route("/api/roles", axum::routing::get(roles))
         .merge(workflows::router())
-        .merge(events::router())
         .merge(compat::router())
         // Anything else under /api is a JSON 404, not the HTML not-found page.
         .route("/api", any(api_not_found))
         .route("/api/{*rest}", any(api_not_found))
+        .layer(axum::middleware::from_fn_with_state(
+            http.request_timeout,
+            guard::time_limit,
+        ));
+    Router::new()
+        .merge(answered_at_once)
+        // Streams: no request timeout (they end at `[sse] max_age_ms`).
+        .merge(events::router())
+        .merge(compat::streams())
+        .layer(axum::middleware::from_fn_with_state(
+            guard::WriteLimit::new(http.write_limit),
+            guard::limit_writes,
+        ))
         // Bodies over the spec limit (plus room for JSON overhead) are refused while reading,
         // as a 413 the handlers turn into the JSON error shape.
         .layer(axum::extract::DefaultBodyLimit::max(2 * 1024 * 1024))

@@ -5,6 +5,7 @@ mod binary;
 mod cli;
 mod crash;
 mod engine;
+mod hardening;
 mod health;
 mod helpers;
 mod instances;
