@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Tests everything: formatting, lints, unit and integration tests (real server, real SQLite
-# files and a real Postgres, started here if it is not running), then the Playwright suite in Chromium against the release build.
+# files and a real Postgres, started here if it is not running), then the Playwright suite in Chromium against the release build,
+# then a fuzz run of the JSON API from its OpenAPI document.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -20,3 +21,5 @@ say "release build"
 scripts/build.sh
 say "end-to-end tests (Playwright, Chromium)"
 (cd end2end && npx playwright test)
+say "fuzzing the JSON API from its OpenAPI document (schemathesis)"
+scripts/fuzz.sh

@@ -58,6 +58,12 @@ pub fn streams() -> Router<AppState> {
         .route("/api/v1/dag-executions/{id}/events", get(dag_events))
 }
 
+/// The replaced system's start: answers `{threadId, status: "started"}`.
+#[utoipa::path(post, path = "/api/invoke/async", tag = "compatible",
+    request_body(content = super::openapi::InvokeBody, description = "{workflow: a step, an array of steps or a spec}"),
+    responses((status = 200, description = "Started", body = super::openapi::ThreadBody),
+        (status = 400, description = "Not JSON, or no workflow", body = super::openapi::ErrorBody),
+        (status = 422, description = "Not a valid workflow", body = super::openapi::ErrorBody)))]
 async fn invoke_async(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -69,6 +75,11 @@ async fn invoke_async(
 
 /// `POST /api/v1/execute-dag`: the DAG-executions API's start, answering `{executionId}`. The
 /// body is `{"workflow": …}` as for `/api/invoke/async`, or the workflow itself.
+#[utoipa::path(post, path = "/api/v1/execute-dag", tag = "compatible",
+    request_body(content = serde_json::Value, description = "The workflow, or {workflow: …}"),
+    responses((status = 200, description = "Started", body = super::openapi::ExecutionBody),
+        (status = 400, description = "Not JSON", body = super::openapi::ErrorBody),
+        (status = 422, description = "Not a valid workflow", body = super::openapi::ErrorBody)))]
 async fn execute_dag(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -199,6 +210,11 @@ async fn whole_results(
     Ok(out)
 }
 
+/// The replaced system's status shape.
+#[utoipa::path(get, path = "/api/invoke-status/status/{thread_id}", tag = "compatible",
+    params(("thread_id" = String, Path, description = "The workflow's id")),
+    responses((status = 200, description = "Its status", body = serde_json::Value),
+        (status = 404, description = "No such workflow", body = super::openapi::ErrorBody)))]
 async fn invoke_status(
     State(state): State<AppState>,
     Path(thread_id): Path<String>,

@@ -12,7 +12,7 @@ use axum::{
 use serde::Serialize;
 
 /// One problem at one place in the request.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// JSON path of the offending field, e.g. `steps[1].deps[0]`; empty for the whole body.
     pub path: String,

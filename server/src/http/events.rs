@@ -128,6 +128,13 @@ fn frames(feed: Feed) -> impl Stream<Item = Frame> + Send {
         .filter_map(|r| std::future::ready(r.ok().map(|e: Arc<LiveEvent>| event_frame(&e))))
 }
 
+/// One workflow's live events (SSE): a snapshot, then every event; resumes with
+/// `Last-Event-ID` or `?after=`.
+#[utoipa::path(get, path = "/api/workflows/{id}/events", tag = "streams",
+    params(("id" = String, Path, description = "The workflow's id"),
+        ("after" = Option<i64>, Query, description = "Resume after this event id", minimum = 0)),
+    responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
+        (status = 404, description = "No such workflow", body = super::openapi::ErrorBody)))]
 async fn workflow_events(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -161,6 +168,10 @@ async fn workflow_events(
     ))
 }
 
+/// Every workflow's live events (SSE): the list, then every event.
+#[utoipa::path(get, path = "/api/events", tag = "streams",
+    params(("after" = Option<i64>, Query, description = "Resume after this event id", minimum = 0)),
+    responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = String)))]
 async fn workspace_events(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,

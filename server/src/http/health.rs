@@ -11,7 +11,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// What `/api/health` answers.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Health {
     /// `ok`, or `unavailable` when the database does not answer (with a 503).
     pub status: &'static str,
@@ -26,7 +26,11 @@ pub struct Health {
     pub checkpoint_commit_p95_ms: Option<f64>,
 }
 
-async fn health(State(state): State<AppState>) -> impl IntoResponse {
+/// Is this instance up, and can it reach its database?
+#[utoipa::path(get, path = "/api/health", tag = "operations",
+    responses((status = 200, description = "Up", body = Health),
+        (status = 503, description = "The database does not answer", body = Health)))]
+pub(super) async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let (code, status) = match state.store.ping().await {
         Ok(()) => (StatusCode::OK, "ok"),
         Err(e) => {

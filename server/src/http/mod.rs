@@ -7,6 +7,7 @@ pub mod error;
 pub mod events;
 mod guard;
 mod health;
+pub mod openapi;
 pub mod workflows;
 
 use std::sync::Arc;
@@ -125,6 +126,7 @@ pub fn api(state: AppState) -> Router {
     let answered_at_once = Router::new()
         .merge(health::router())
         .route("/api/roles", axum::routing::get(roles))
+        .route("/api/openapi.json", axum::routing::get(openapi::document))
         .merge(workflows::router())
         .merge(compat::router())
         // Anything else under /api is a JSON 404, not the HTML not-found page.
@@ -150,6 +152,8 @@ pub fn api(state: AppState) -> Router {
 }
 
 /// `GET /api/roles`: the role names a spec may use (the start form validates with them).
+#[utoipa::path(get, path = "/api/roles", tag = "workflows",
+    responses((status = 200, description = "The roles", body = openapi::RolesBody)))]
 async fn roles(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> axum::Json<serde_json::Value> {

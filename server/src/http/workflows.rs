@@ -44,11 +44,12 @@ pub fn router() -> Router<AppState> {
 }
 
 /// The answer to a start.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Started {
     /// The new workflow's id.
     pub id: String,
     /// Its status now.
+    #[schema(value_type = String)]
     pub status: WorkflowStatus,
     /// Where to read its state.
     pub status_url: String,
@@ -177,6 +178,26 @@ fn parse_body(
     })
 }
 
+/// Starts a workflow.
+#[utoipa::path(post, path = "/api/workflows", tag = "workflows",
+    params(("Idempotency-Key" = Option<String>, Header, description = "The same key with the same body answers the first workflow")),
+    request_body(content = serde_json::Value, description = "A spec, one step or an array of steps (JSON; YAML with a yaml Content-Type)"),
+    responses(
+        (status = 202, description = "Started", body = Started, links(
+            ("snapshot" = (operation_id = "snapshot", parameters(("id" = "$response.body#/id")))),
+            ("history" = (operation_id = "history", parameters(("id" = "$response.body#/id")))),
+            ("cancel" = (operation_id = "cancel", parameters(("id" = "$response.body#/id")))),
+            ("resume" = (operation_id = "resume", parameters(("id" = "$response.body#/id")))),
+            ("skip" = (operation_id = "skip", parameters(("id" = "$response.body#/id"), ("step" = "step1")))),
+            ("retry" = (operation_id = "retry_step", parameters(("id" = "$response.body#/id"), ("step" = "step1")))),
+            ("output" = (operation_id = "output", parameters(("id" = "$response.body#/id"), ("step" = "step1")))),
+        )),
+        (status = 400, description = "Not JSON", body = super::openapi::ErrorBody),
+        (status = 409, description = "The Idempotency-Key was used with another body", body = super::openapi::ErrorBody),
+        (status = 413, description = "Too large", body = super::openapi::ErrorBody),
+        (status = 422, description = "Not a valid workflow: every problem with its path", body = super::openapi::ErrorBody),
+        (status = 429, description = "Too many writes", body = super::openapi::ErrorBody),
+    ))]
 async fn start(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -247,6 +268,17 @@ fn parse_status(s: &str) -> Option<WorkflowStatus> {
     serde_json::from_value(Value::String(s.to_string())).ok()
 }
 
+/// Lists workflows, newest first.
+#[utoipa::path(get, path = "/api/workflows", tag = "workflows",
+    params(
+        ("status" = Option<String>, Query, description = "pending, running, paused, completed, failed, cancelled or stalled"),
+        ("limit" = Option<u32>, Query, description = "1 to 200 (default 50)", minimum = 1, maximum = 200),
+        ("before" = Option<String>, Query, description = "next_before of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page", body = super::openapi::PageBody),
+        (status = 400, description = "Bad parameters", body = super::openapi::ErrorBody),
+    ))]
 async fn list(
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
@@ -305,6 +337,11 @@ async fn load(state: &AppState, id: &str) -> Result<WorkflowState, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("no workflow {id:?}")))
 }
 
+/// A workflow's state and progress.
+#[utoipa::path(get, path = "/api/workflows/{id}", tag = "workflows",
+    params(("id" = String, Path, description = "The workflow's id")),
+    responses((status = 200, description = "Its state", body = serde_json::Value),
+        (status = 404, description = "No such workflow", body = super::openapi::ErrorBody),))]
 async fn snapshot(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -315,6 +352,12 @@ async fn snapshot(
 
 /// A step's whole output as plain text (snapshots, events and the page carry its first
 /// [`cairn::OUTPUT_PREVIEW_BYTES`] and its size, `output_bytes`).
+/// A step's whole output, as text.
+#[utoipa::path(get, path = "/api/workflows/{id}/steps/{step}/output", tag = "workflows",
+    params(("id" = String, Path, description = "The workflow's id"), ("step" = String, Path, description = "The step's id")),
+    responses((status = 200, description = "The output", body = String, content_type = "text/plain"),
+        (status = 404, description = "No such workflow or step, or no output", body = super::openapi::ErrorBody),
+    ))]
 async fn output(
     State(state): State<AppState>,
     Path((id, step)): Path<(String, String)>,
@@ -344,6 +387,12 @@ async fn output(
 }
 
 /// `GET …/history[?after=ID]`: the workflow's events, all or those after an event id.
+#[utoipa::path(get, path = "/api/workflows/{id}/history", tag = "workflows",
+    params(("id" = String, Path, description = "The workflow's id"),
+        ("after" = Option<i64>, Query, description = "Only events after this id", minimum = 0)),
+    responses((status = 200, description = "Its events, oldest first", body = super::openapi::HistoryBody),
+        (status = 400, description = "Bad parameters", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such workflow", body = super::openapi::ErrorBody),))]
 async fn history(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -401,15 +450,17 @@ fn control_body<T: for<'de> Deserialize<'de> + Default>(
     })
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CancelBody {
+pub(super) struct CancelBody {
+    /// Why, recorded in the workflow's history.
     reason: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SkipBody {
+pub(super) struct SkipBody {
+    /// What later steps read as the skipped step's output (default empty).
     output: Option<String>,
 }
 
@@ -433,6 +484,15 @@ async fn run_control(
     }
 }
 
+#[utoipa::path(post, path = "/api/workflows/{id}/resume", tag = "controls",
+    params(("id" = String, Path, description = "The workflow's id")),
+    request_body(content = super::openapi::NoBody, description = "Optional; may be empty"),
+    responses((status = 200, description = "The state after it", body = serde_json::Value),
+        (status = 400, description = "A bad body", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such workflow", body = super::openapi::ErrorBody),
+        (status = 409, description = "The state does not allow it", body = super::openapi::ErrorBody),
+    ))]
+/// Runs a workflow again after a failure, a cancel, a stall or a pause.
 async fn resume(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -442,6 +502,15 @@ async fn resume(
     run_control(&state, &id, Control::Resume).await
 }
 
+#[utoipa::path(post, path = "/api/workflows/{id}/cancel", tag = "controls",
+    params(("id" = String, Path, description = "The workflow's id")),
+    request_body(content = CancelBody, description = "Optional; may be empty"),
+    responses((status = 200, description = "The state after it", body = serde_json::Value),
+        (status = 400, description = "A bad body", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such workflow", body = super::openapi::ErrorBody),
+        (status = 409, description = "The state does not allow it", body = super::openapi::ErrorBody),
+    ))]
+/// Cancels a workflow.
 async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -451,6 +520,15 @@ async fn cancel(
     run_control(&state, &id, Control::Cancel { reason }).await
 }
 
+#[utoipa::path(post, path = "/api/workflows/{id}/steps/{step}/retry", tag = "controls",
+    params(("id" = String, Path, description = "The workflow's id"), ("step" = String, Path, description = "The step's id")),
+    request_body(content = super::openapi::NoBody, description = "Optional; may be empty"),
+    responses((status = 200, description = "The state after it", body = serde_json::Value),
+        (status = 400, description = "A bad body", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such workflow", body = super::openapi::ErrorBody),
+        (status = 409, description = "The state does not allow it", body = super::openapi::ErrorBody),
+    ))]
+/// Runs a step again.
 async fn retry_step(
     State(state): State<AppState>,
     Path((id, step_id)): Path<(String, String)>,
@@ -460,6 +538,15 @@ async fn retry_step(
     run_control(&state, &id, Control::RetryStep { step_id }).await
 }
 
+#[utoipa::path(post, path = "/api/workflows/{id}/steps/{step}/retry-now", tag = "controls",
+    params(("id" = String, Path, description = "The workflow's id"), ("step" = String, Path, description = "The step's id")),
+    request_body(content = super::openapi::NoBody, description = "Optional; may be empty"),
+    responses((status = 200, description = "The state after it", body = serde_json::Value),
+        (status = 400, description = "A bad body", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such workflow", body = super::openapi::ErrorBody),
+        (status = 409, description = "The state does not allow it", body = super::openapi::ErrorBody),
+    ))]
+/// Starts a step waiting for its backoff now.
 async fn retry_now(
     State(state): State<AppState>,
     Path((id, step_id)): Path<(String, String)>,
@@ -469,6 +556,15 @@ async fn retry_now(
     run_control(&state, &id, Control::RetryNow { step_id }).await
 }
 
+#[utoipa::path(post, path = "/api/workflows/{id}/steps/{step}/skip", tag = "controls",
+    params(("id" = String, Path, description = "The workflow's id"), ("step" = String, Path, description = "The step's id")),
+    request_body(content = SkipBody, description = "Optional; may be empty"),
+    responses((status = 200, description = "The state after it", body = serde_json::Value),
+        (status = 400, description = "A bad body", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such workflow", body = super::openapi::ErrorBody),
+        (status = 409, description = "The state does not allow it", body = super::openapi::ErrorBody),
+    ))]
+/// Marks a step done without running it.
 async fn skip(
     State(state): State<AppState>,
     Path((id, step_id)): Path<(String, String)>,

@@ -68,3 +68,29 @@ async fn a_graceful_stop_returns_cleanly_and_frees_the_port() {
     let err = reqwest::get(format!("{address}/api/health")).await;
     assert!(err.is_err(), "server still answering after stop");
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_the_json_api() {
+    let app = crate::helpers::spawn_app().await;
+    let resp = app.get("/api/openapi.json").await;
+    assert_eq!(resp.status(), 200);
+    let doc: serde_json::Value = resp.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    for path in [
+        "/api/workflows",
+        "/api/workflows/{id}",
+        "/api/workflows/{id}/history",
+        "/api/workflows/{id}/events",
+        "/api/workflows/{id}/cancel",
+        "/api/workflows/{id}/steps/{step}/skip",
+        "/api/events",
+        "/api/invoke/async",
+        "/api/v1/execute-dag",
+    ] {
+        assert!(paths.contains_key(path), "{path} is documented");
+    }
+    let start = &paths["/api/workflows"]["post"];
+    assert!(start["responses"]["422"].is_object());
+    assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+}
