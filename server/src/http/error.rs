@@ -31,6 +31,9 @@ pub enum ApiError {
         /// Each problem with its path.
         details: Vec<ErrorDetail>,
     },
+    /// 403: this request may not do that here (a foreign `Host`, a cross-site write).
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: no such thing (also for ids of another workspace).
     #[error("{0}")]
     NotFound(String),
@@ -63,6 +66,7 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str) {
         match self {
             Self::BadRequest { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),

@@ -1,5 +1,6 @@
 //! What guards the HTTP side: a time limit on requests that answer at once, a rate limit on
-//! writes per client address, and CORS (closed unless `[http] cors_origins` names origins).
+//! writes per client address, CORS (closed unless `[http] cors_origins` names origins), and,
+//! on a loopback address, the `Host` and cross-site checks that keep other sites' pages out.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -74,6 +75,69 @@ pub async fn limit_writes(State(limit): State<WriteLimit>, req: Request, next: N
     next.run(req).await
 }
 
+/// Who may talk to a server bound to a loopback address.
+#[derive(Clone)]
+pub struct LocalOnly {
+    /// Whether the server listens on loopback only (the checks apply then).
+    pub loopback: bool,
+    /// Origins `[http] cors_origins` lets in.
+    pub allowed_origins: Arc<Vec<HeaderValue>>,
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    // `name`, `name:port`, `[::1]`, `[::1]:port`.
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(n, _)| n)
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// On a loopback address, two browser attacks are refused with 403:
+/// - **DNS rebinding**: a page of `evil.example` whose name now points at 127.0.0.1 calls the
+///   API; its requests carry `Host: evil.example`. Only loopback names are answered.
+/// - **Cross-site writes**: a page elsewhere posting to `127.0.0.1` (a form or `fetch`).
+///   A write whose `Sec-Fetch-Site` is `cross-site`, or whose `Origin` is neither this
+///   server's nor one `[http] cors_origins` names, is refused. Clients that are not browsers
+///   send neither header and are not affected.
+pub async fn local_only(State(rule): State<LocalOnly>, req: Request, next: Next) -> Response {
+    if !rule.loopback {
+        return next.run(req).await;
+    }
+    let headers = req.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if !host.is_empty() && !is_loopback_host(host) {
+        return ApiError::Forbidden(format!(
+            "this server answers only to localhost, not to {host:?}"
+        ))
+        .into_response();
+    }
+    let write = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if write {
+        let origin = headers.get(header::ORIGIN);
+        let allowed = origin.is_some_and(|o| rule.allowed_origins.iter().any(|a| a == o));
+        let same_origin = origin
+            .and_then(|o| o.to_str().ok())
+            .map(|o| o.split_once("://").map_or(o, |(_, rest)| rest))
+            .is_some_and(|o| o.eq_ignore_ascii_case(host));
+        let cross_site = headers
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+        if !allowed && (cross_site || (origin.is_some() && !same_origin)) {
+            return ApiError::Forbidden(
+                "a write from another site's page is refused (Origin / Sec-Fetch-Site)".into(),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
 /// CORS: no cross-origin access unless origins are named; those get reads, writes and the
 /// headers cairn's clients send.
 pub fn cors(origins: &[HeaderValue]) -> CorsLayer {
@@ -99,6 +163,29 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+
+    #[test]
+    fn loopback_hosts_are_the_loopback_names_with_or_without_a_port() {
+        for host in [
+            "localhost",
+            "localhost:3000",
+            "127.0.0.1:8080",
+            "[::1]:3000",
+            "[::1]",
+            "127.0.0.2",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:3000",
+            "localhost.evil.example",
+            "10.0.0.1:3000",
+            "",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
 
     #[tokio::test]
     async fn a_request_over_its_time_limit_gets_a_json_503_and_a_quick_one_passes() {

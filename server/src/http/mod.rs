@@ -51,6 +51,10 @@ pub struct AppState {
 /// The whole application router.
 pub fn router(state: AppState) -> Router {
     let state_cors = state.config.engine.http.cors_origins.clone();
+    let local_only = guard::LocalOnly {
+        loopback: state.config.addr.ip().is_loopback(),
+        allowed_origins: Arc::new(state_cors.clone()),
+    };
     let api = api(state.clone());
     let mcp = crate::mcp::service(&state, api.clone());
 
@@ -87,6 +91,10 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics_text))
         .merge(pages)
         .layer(axum::middleware::from_fn(track))
+        .layer(axum::middleware::from_fn_with_state(
+            local_only,
+            guard::local_only,
+        ))
         .layer(cors)
         .layer(TraceLayer::new_for_http())
 }

@@ -125,3 +125,90 @@ async fn a_stream_ends_at_its_age_limit_and_a_reconnect_misses_nothing() {
     }
     assert_eq!(got, expected);
 }
+
+#[tokio::test]
+async fn on_loopback_foreign_hosts_and_cross_site_writes_are_refused() {
+    let app = spawn_app_with("[http]\ncors_origins = [\"https://dash.example.com\"]\n").await;
+    let url = |path: &str| format!("{}{path}", app.address);
+    // DNS rebinding: a page of another name that now points here.
+    for host in [
+        "evil.example",
+        "evil.example:3000",
+        "localhost.evil.example",
+    ] {
+        let resp = app
+            .client
+            .get(url("/api/workflows"))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403, "{host}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "forbidden");
+    }
+    let page = app
+        .client
+        .get(url("/"))
+        .header("host", "evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 403, "the page too");
+    let local = app
+        .client
+        .get(url("/api/health"))
+        .header("host", "localhost:3000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(local.status(), 200);
+
+    // Writes from another site's page.
+    let post = |origin: Option<&str>, fetch_site: Option<&str>| {
+        let mut req = app.client.post(url("/api/workflows")).json(&quick());
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        if let Some(s) = fetch_site {
+            req = req.header("sec-fetch-site", s);
+        }
+        req.send()
+    };
+    let own = app.address.clone();
+    assert_eq!(
+        post(Some("https://evil.example"), None)
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(post(Some("null"), None).await.unwrap().status(), 403);
+    assert_eq!(post(None, Some("cross-site")).await.unwrap().status(), 403);
+    // The server's own pages, a named origin, and clients that are not browsers.
+    assert_eq!(
+        post(Some(&own), Some("same-origin"))
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    assert_eq!(
+        post(Some("https://dash.example.com"), Some("cross-site"))
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    assert_eq!(post(None, None).await.unwrap().status(), 202);
+    // Reads from anywhere are not writes (CORS decides what a page may read).
+    let read = app
+        .client
+        .get(url("/api/workflows"))
+        .header("origin", "https://evil.example")
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+}
