@@ -281,8 +281,20 @@ async fn only_one_instance_claims_a_workflow(db: Db) {
     let (x, y) = tokio::join!(a.claim("a", ttl, 15, false), b.claim("b", ttl, 15, false));
     let (x, y) = (x.unwrap(), y.unwrap());
     let mine: BTreeSet<String> = x.iter().map(|c| c.state.id.clone()).collect();
-    let theirs: BTreeSet<String> = y.iter().map(|c| c.state.id.clone()).collect();
+    let mut theirs: BTreeSet<String> = y.iter().map(|c| c.state.id.clone()).collect();
     assert!(mine.is_disjoint(&theirs), "a workflow was claimed twice");
+    // On Postgres a claim can lose a race without harm: when the other one commits between
+    // its snapshot and its lease insert, the rows it chose are already leased and it takes
+    // fewer. What it missed, its next round takes; nothing is ever taken twice.
+    for _ in 0..5 {
+        if mine.len() + theirs.len() == 20 {
+            break;
+        }
+        for c in b.claim("b", ttl, 20, false).await.unwrap() {
+            assert!(!mine.contains(&c.state.id), "a workflow was claimed twice");
+            theirs.insert(c.state.id);
+        }
+    }
     assert_eq!(mine.len() + theirs.len(), 20);
     // Renewal is fenced: an instance renews only what it holds.
     let all: Vec<String> = mine.iter().chain(&theirs).cloned().collect();
