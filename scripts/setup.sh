@@ -8,6 +8,7 @@
 #   - cargo-leptos (pinned, --locked), wasm-bindgen-cli (= the version in Cargo.lock)
 #   - wasm-opt, from the npm package binaryen pinned in package-lock.json
 #   - Playwright, from package-lock.json, and Debian's chromium for the browser tests
+#   - Debian's openssl command, for the HTTPS test
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,5 +59,18 @@ if [ ! -x "$chromium" ]; then
   else
     echo "note: no chromium at $chromium; the browser tests need it (apt-get install chromium," \
          "or set CHROMIUM_PATH)" >&2
+  fi
+fi
+
+# The HTTPS test makes its certificates and serves them with the openssl command.
+if ! command -v openssl >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    say "installing Debian's openssl for the HTTPS test"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl
+  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    say "installing Debian's openssl for the HTTPS test"
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl
+  else
+    echo "note: no openssl command; the HTTPS test needs it (apt-get install openssl)" >&2
   fi
 fi

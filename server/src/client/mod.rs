@@ -228,7 +228,8 @@ impl Api {
     ) -> Result<T, ApiFailure> {
         let (status, bytes) = self.call(method, path, body, headers).await?;
         if status.is_success() {
-            serde_json::from_slice(&bytes).map_err(|e| ApiFailure::Garbled(e.to_string()))
+            serde_json::from_slice(&bytes)
+                .map_err(|e| ApiFailure::Garbled(format!("{e} (is {} a cairn server?)", self.base)))
         } else {
             Err(refusal(status, &bytes))
         }

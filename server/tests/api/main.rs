@@ -18,4 +18,5 @@ mod retention;
 mod secrets;
 mod sse;
 mod store_suite;
+mod tls;
 mod workflows;
