@@ -456,9 +456,12 @@ fn attention(
             })
         }
         _ => {
+            // Waiting out a backoff: a retry someone asked for starts at once and is not.
+            let now = chrono::Utc::now();
             let waiting: Vec<String> = steps
                 .iter()
                 .filter(|s| s.status == StepStatus::Retrying)
+                .filter(|s| s.next_attempt_at.is_some_and(|t| t > now))
                 .map(|s| {
                     format!(
                         "step {} waits to retry (attempt {} of {}){}{}",

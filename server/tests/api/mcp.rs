@@ -413,3 +413,51 @@ async fn call_any<H: ClientHandler>(
         .await
         .unwrap_or_else(|e| panic!("{tool} failed at the protocol level: {e}"))
 }
+
+/// Two instances on one Postgres: a workflow started through one instance's `/mcp` is read,
+/// followed and controlled through the other's (no session lives in either).
+#[tokio::test]
+async fn the_tools_answer_on_any_instance() {
+    let db = crate::pg::TestDb::new().await;
+    let (mut one, url_one) = crate::helpers::serve_binary_on(&db.url, None);
+    let (mut two, url_two) = crate::helpers::serve_binary_on(&db.url, None);
+    let (first, _) = connect_http(&url_one).await;
+    let (second, _) = connect_http(&url_two).await;
+    let id = ok(call(
+        &first,
+        "invoke_async",
+        json!({ "workflow": { "role": "developer", "task": "slow", "params": { "duration_ms": 30000 } } }),
+    )
+    .await)["threadId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let s = ok(call(&second, "invoke_status", json!({ "threadId": id })).await);
+        if s["state"] == "running" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{s:#}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let cancelled = ok(call(&second, "invoke_cancel", json!({ "threadId": id })).await);
+    assert_eq!(cancelled["status"], "aborted");
+    let seen = ok(call(
+        &first,
+        "invoke_stream",
+        json!({ "threadId": id, "follow": false }),
+    )
+    .await);
+    assert_eq!(seen["status"], "aborted");
+    assert_eq!(
+        seen["events"].as_array().unwrap().last().unwrap()["type"],
+        "workflow.cancelled"
+    );
+    first.cancel().await.unwrap();
+    second.cancel().await.unwrap();
+    for child in [&mut one, &mut two] {
+        child.kill().unwrap();
+        let _ = child.wait();
+    }
+}
