@@ -2,7 +2,7 @@
 //!
 //! Each area has its own `router()`; [`router`] merges them with the Leptos routes in one place.
 
-mod compat;
+pub(crate) mod compat;
 pub mod error;
 pub mod events;
 mod guard;

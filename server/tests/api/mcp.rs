@@ -70,11 +70,16 @@ fn tool_error(result: CallToolResult) -> String {
 }
 
 /// `invoke_status`'s answer.
-async fn status(client: &Client, id: &str) -> Value {
-    ok(call(client, "invoke_status", json!({ "threadId": id })).await)
+async fn status<H: ClientHandler>(client: &RunningService<RoleClient, H>, id: &str) -> Value {
+    ok(call_any(client, "invoke_status", json!({ "threadId": id })).await)
 }
 
-async fn wait_for(client: &Client, id: &str, state: &str) -> Value {
+/// Polls `invoke_status` until the workflow's cairn `state` is `state`.
+async fn wait_for<H: ClientHandler>(
+    client: &RunningService<RoleClient, H>,
+    id: &str,
+    state: &str,
+) -> Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let s = status(client, id).await;
@@ -372,16 +377,8 @@ async fn cairn_mcp_speaks_the_same_tools_over_stdio() {
         started["status_url"],
         format!("{}/api/workflows/{id}", app.address)
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let s = ok(call_any(&client, "invoke_status", json!({ "threadId": id })).await);
-        if s["status"] == "completed" {
-            assert_eq!(s["steps"][0]["output"], "implement feature");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{s:#}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let done = wait_for(&client, &id, "completed").await;
+    assert_eq!(done["steps"][0]["output"], "implement feature");
     let text =
         tool_error(call_any(&client, "invoke_status", json!({ "threadId": "wf_nope" })).await);
     assert!(text.contains("no workflow"), "{text}");
@@ -432,15 +429,7 @@ async fn the_tools_answer_on_any_instance() {
         .as_str()
         .unwrap()
         .to_string();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let s = ok(call(&second, "invoke_status", json!({ "threadId": id })).await);
-        if s["state"] == "running" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{s:#}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_for(&second, &id, "running").await;
     let cancelled = ok(call(&second, "invoke_cancel", json!({ "threadId": id })).await);
     assert_eq!(cancelled["status"], "aborted");
     let seen = ok(call(

@@ -112,49 +112,17 @@ async fn a_runner_that_prints_its_secret_shows_it_nowhere() {
             .contains("denied for prefix-[masked]"),
         "{state:#}"
     );
-    let everything = [
-        state.to_string(),
-        client
-            .get(format!("{base}/api/workflows/{id}/history"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        client
-            .get(format!("{base}/api/workflows/{id}/steps/print/output"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        client
-            .get(format!("{base}/api/workflows"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        client
-            .get(format!("{base}/workflows/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        client
-            .get(format!("{base}/api/invoke-status/status/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    ];
+    let mut everything = vec![state.to_string()];
+    for path in [
+        format!("/api/workflows/{id}/history"),
+        format!("/api/workflows/{id}/steps/print/output"),
+        "/api/workflows".to_string(),
+        format!("/workflows/{id}"),
+        format!("/api/invoke-status/status/{id}"),
+    ] {
+        let resp = client.get(format!("{base}{path}")).send().await.unwrap();
+        everything.push(resp.text().await.unwrap());
+    }
     for (i, text) in everything.iter().enumerate() {
         assert!(
             !text.contains(SECRET),

@@ -1,30 +1,16 @@
-//! The MCP server: the tools an agent drives workflows with, as the replaced system named
-//! them (`invoke_async`, `invoke_status`, `invoke_stream`, `invoke_resume`, `invoke_cancel`,
-//! `workflow_monitor`).
-//!
-//! Every tool is a call of the JSON API through [`Api`]: in the server (`/mcp`, streamable
-//! HTTP, stateless) straight to its own router, in `cairn mcp --server URL` (stdio) over HTTP.
-//! Nothing is kept between calls, so any instance answers any call. Problems come back as
-//! tool errors (`isError`) whose text says what to do next.
+//! What each tool answers: the JSON API's answers read and put the way an agent needs them.
 
 use std::{collections::BTreeMap, time::Duration};
 
 use cairn::{EventRecord, StepStatus, WorkflowState, WorkflowStatus, WorkflowSummary};
-use rmcp::{
-    RoleServer, ServerHandler,
-    handler::server::{router::tool::ToolRouter, wrapper::Parameters},
-    model::{
-        CallToolResult, ContentBlock, Implementation, ProgressNotificationParam,
-        ServerCapabilities, ServerConfig,
-    },
-    schemars::{self, JsonSchema},
-    service::RequestContext,
-    tool, tool_handler, tool_router,
-};
-use serde::Deserialize;
+use rmcp::{RoleServer, model::ProgressNotificationParam, service::RequestContext};
 use serde_json::{Map, Value, json};
 
-use crate::client::{Api, ApiFailure, ControlRequest, describe};
+use super::{Action, InvokeAsync, InvokeResume, InvokeStream, Monitor};
+use crate::{
+    client::{Api, ApiFailure, ControlRequest, describe},
+    http::compat::{legacy_status, session_ids},
+};
 
 /// The longest output a status shows of a step; the rest is one call away.
 const OUTPUT_SHOWN: usize = 2_000;
@@ -35,17 +21,8 @@ const FOLLOW_FOR: Duration = Duration::from_secs(180);
 /// How often a following `invoke_stream` looks for new events.
 const FOLLOW_POLL: Duration = Duration::from_millis(250);
 
-/// The tools, over one server's API.
-#[derive(Clone)]
-pub struct Tools {
-    api: Api,
-    /// In the server: URLs in answers use the host the client called (`Host`).
-    base_from_request: bool,
-    tool_router: ToolRouter<Self>,
-}
-
 /// A tool's failure: the sentence the agent reads.
-struct Problem(String);
+pub(super) struct Problem(pub(super) String);
 
 impl From<ApiFailure> for Problem {
     fn from(f: ApiFailure) -> Self {
@@ -64,252 +41,9 @@ impl From<ApiFailure> for Problem {
     }
 }
 
-type Answer = Result<Value, Problem>;
+pub(super) type Answer = Result<Value, Problem>;
 
-fn respond(answer: Answer) -> CallToolResult {
-    match answer {
-        Ok(v) => CallToolResult::structured(v),
-        Err(Problem(message)) => CallToolResult::error(vec![ContentBlock::text(message)]),
-    }
-}
-
-/// `invoke_async`'s arguments.
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct InvokeAsync {
-    /// The workflow: a spec `{"name", "inputs", "defaults", "steps": [...]}`, one step
-    /// `{"role", "task"}`, or an array of steps. A step is `{"id", "role", "task", "deps",
-    /// "retry", "timeout_s"}`; its task may use `{STEP.output}` of a step in its `deps` and
-    /// `{inputs.NAME}`.
-    pub workflow: Value,
-    /// A display name (instead of the spec's).
-    pub name: Option<String>,
-    /// Values for `{inputs.NAME}` (over the spec's own).
-    pub inputs: Option<BTreeMap<String, String>>,
-    /// Makes a retried call safe: the same key with the same workflow answers the first
-    /// call's workflow instead of starting another.
-    pub idempotency_key: Option<String>,
-}
-
-/// A workflow's id.
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct Thread {
-    /// The workflow's id (`threadId` from `invoke_async`).
-    #[serde(rename = "threadId")]
-    pub thread_id: String,
-}
-
-/// `invoke_stream`'s arguments.
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct InvokeStream {
-    /// The workflow's id.
-    #[serde(rename = "threadId")]
-    pub thread_id: String,
-    /// The cursor: only events after this event id (the `next_after` of the previous answer).
-    pub after: Option<i64>,
-    /// Whether to follow with progress notifications (when the call carries a progress
-    /// token) until the workflow ends; default true. false answers at once.
-    pub follow: Option<bool>,
-}
-
-/// What `invoke_resume` does.
-#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    /// Run the workflow again after a failure, a cancel, a stall or a pause.
-    Resume,
-    /// Run a failed step again (with a fresh retry budget).
-    Retry,
-    /// Start a step that waits for its retry backoff now.
-    RetryNow,
-    /// Mark a step done without running it; later steps read `output` as its output.
-    Skip,
-}
-
-/// `invoke_resume`'s arguments.
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct InvokeResume {
-    /// The workflow's id.
-    #[serde(rename = "threadId")]
-    pub thread_id: String,
-    /// resume, retry, retry_now or skip.
-    pub action: Action,
-    /// The step for retry, retry_now and skip; when left out, the one step the action fits
-    /// (the failed step for retry and skip, the waiting one for retry_now).
-    #[serde(rename = "stepId")]
-    pub step_id: Option<String>,
-    /// For skip: what later steps read as the skipped step's output.
-    pub output: Option<String>,
-}
-
-/// `invoke_cancel`'s arguments.
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct InvokeCancel {
-    /// The workflow's id.
-    #[serde(rename = "threadId")]
-    pub thread_id: String,
-    /// Why, recorded in the workflow's history.
-    pub reason: Option<String>,
-}
-
-/// `workflow_monitor`'s arguments.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
-pub struct Monitor {
-    /// Only workflows with this status: pending, running, paused, stalled, completed, failed
-    /// or cancelled.
-    pub status: Option<String>,
-    /// How many workflows, newest first (1 to 200, default 20).
-    pub limit: Option<u32>,
-}
-
-impl Tools {
-    /// The tools in the server, over its own API router.
-    pub fn in_server(api: Api) -> Self {
-        Self {
-            api,
-            base_from_request: true,
-            tool_router: Self::tool_router(),
-        }
-    }
-
-    /// The tools of `cairn mcp`, over a server's API at its URL.
-    pub fn remote(api: Api) -> Self {
-        Self {
-            api,
-            base_from_request: false,
-            tool_router: Self::tool_router(),
-        }
-    }
-
-    /// The API, with URLs in answers as the calling client reaches this server.
-    fn api(&self, ctx: &RequestContext<RoleServer>) -> Api {
-        if !self.base_from_request {
-            return self.api.clone();
-        }
-        let host = ctx
-            .extensions
-            .get::<axum::http::request::Parts>()
-            .and_then(|p| p.headers.get(axum::http::header::HOST))
-            .and_then(|h| h.to_str().ok());
-        match host {
-            Some(host) => self.api.with_base(&format!("http://{host}")),
-            None => self.api.clone(),
-        }
-    }
-}
-
-#[tool_router]
-impl Tools {
-    #[tool(
-        description = "Start a workflow in the background and answer at once with its threadId. \
-        `workflow` is a spec {name, inputs, steps: [...]}, one step {role, task}, or an array of \
-        steps [{id, role, task, deps}]; a task may use {STEP.output} of a dependency and \
-        {inputs.NAME}. Follow it with invoke_stream or invoke_status."
-    )]
-    async fn invoke_async(
-        &self,
-        Parameters(args): Parameters<InvokeAsync>,
-        ctx: RequestContext<RoleServer>,
-    ) -> CallToolResult {
-        respond(invoke_async(&self.api(&ctx), args).await)
-    }
-
-    #[tool(
-        description = "A workflow's status: status (running, completed, failed, aborted, \
-        paused), sessionIds per step, currentStep, lastUpdate, progress, and each step's \
-        status, attempt, error and output (long outputs are cut, with where to read them whole)."
-    )]
-    async fn invoke_status(
-        &self,
-        Parameters(args): Parameters<Thread>,
-        ctx: RequestContext<RoleServer>,
-    ) -> CallToolResult {
-        respond(invoke_status(&self.api(&ctx), &args.thread_id).await)
-    }
-
-    #[tool(
-        description = "Follow a workflow: its events after the cursor `after` with the next \
-        cursor, the SSE URL and the event schema. When the call carries a progress token, it \
-        sends a progress notification per step change until the workflow ends (or 3 minutes \
-        pass) and then answers; call again with next_after to go on."
-    )]
-    async fn invoke_stream(
-        &self,
-        Parameters(args): Parameters<InvokeStream>,
-        ctx: RequestContext<RoleServer>,
-    ) -> CallToolResult {
-        respond(invoke_stream(&self.api(&ctx), args, &ctx).await)
-    }
-
-    #[tool(
-        description = "Repair a workflow: action resume (run it again after a failure, cancel, \
-        stall or pause), retry (run a failed step again), retry_now (skip a step's backoff \
-        wait) or skip (mark a step done; `output` is what later steps read; a workflow that \
-        failed at that step runs on). stepId defaults to the one step the action fits. Answers \
-        the workflow's status after it."
-    )]
-    async fn invoke_resume(
-        &self,
-        Parameters(args): Parameters<InvokeResume>,
-        ctx: RequestContext<RoleServer>,
-    ) -> CallToolResult {
-        respond(invoke_resume(&self.api(&ctx), args).await)
-    }
-
-    #[tool(
-        description = "Cancel a workflow: running steps are stopped, completed ones are kept; \
-        invoke_resume with action resume runs it again later."
-    )]
-    async fn invoke_cancel(
-        &self,
-        Parameters(args): Parameters<InvokeCancel>,
-        ctx: RequestContext<RoleServer>,
-    ) -> CallToolResult {
-        let api = self.api(&ctx);
-        let answer = async {
-            let wf = api
-                .control(
-                    &args.thread_id,
-                    &ControlRequest::Cancel {
-                        reason: args.reason,
-                    },
-                )
-                .await?;
-            Ok(status_of(&api, &wf))
-        }
-        .await;
-        respond(answer)
-    }
-
-    #[tool(
-        description = "Oversee workflows: active and recent ones (newest first) with progress, \
-        and which need attention and why: stalled, waiting on a retry backoff, paused for a \
-        person, or failed (with the error and the step). Filter with status, size with limit."
-    )]
-    async fn workflow_monitor(
-        &self,
-        Parameters(args): Parameters<Monitor>,
-        ctx: RequestContext<RoleServer>,
-    ) -> CallToolResult {
-        respond(workflow_monitor(&self.api(&ctx), args).await)
-    }
-}
-
-#[tool_handler(router = self.tool_router)]
-impl ServerHandler for Tools {
-    fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("cairn", env!("CARGO_PKG_VERSION")))
-            .with_instructions(
-                "cairn runs workflows of agent and script steps durably in the background. \
-                 Start one with invoke_async, follow it with invoke_stream (progress \
-                 notifications) or invoke_status, repair it with invoke_resume, stop it with \
-                 invoke_cancel, and see every workflow that needs attention with \
-                 workflow_monitor.",
-            )
-    }
-}
-
-async fn invoke_async(api: &Api, args: InvokeAsync) -> Answer {
+pub(super) async fn invoke_async(api: &Api, args: InvokeAsync) -> Answer {
     let mut workflow = args.workflow;
     if args.name.is_some() || args.inputs.is_some() {
         // The three shapes take `name` and `inputs` beside the steps, except a bare array.
@@ -347,17 +81,6 @@ async fn invoke_async(api: &Api, args: InvokeAsync) -> Answer {
     }))
 }
 
-/// The replaced system's status words.
-fn legacy_status(s: WorkflowStatus) -> &'static str {
-    match s {
-        WorkflowStatus::Pending | WorkflowStatus::Running | WorkflowStatus::Stalled => "running",
-        WorkflowStatus::Completed => "completed",
-        WorkflowStatus::Failed => "failed",
-        WorkflowStatus::Cancelled => "aborted",
-        WorkflowStatus::Paused => "paused",
-    }
-}
-
 /// At most [`OUTPUT_SHOWN`] characters of an output, and a note when there is more.
 fn shown_output(api: &Api, wf: &WorkflowState, step: &cairn::StepState) -> (Value, Value) {
     let Some(output) = &step.output else {
@@ -380,12 +103,7 @@ fn shown_output(api: &Api, wf: &WorkflowState, step: &cairn::StepState) -> (Valu
     }
 }
 
-fn status_of(api: &Api, wf: &WorkflowState) -> Value {
-    let session_ids: Map<String, Value> = wf
-        .steps
-        .iter()
-        .filter_map(|s| Some((s.id.clone(), Value::String(s.session_id.clone()?))))
-        .collect();
+pub(super) fn status_of(api: &Api, wf: &WorkflowState) -> Value {
     let steps: Vec<Value> = wf
         .steps
         .iter()
@@ -409,7 +127,7 @@ fn status_of(api: &Api, wf: &WorkflowState) -> Value {
         "name": wf.spec.as_ref().map(|s| s.name.clone()),
         "status": legacy_status(wf.status),
         "state": wf.status.as_str(),
-        "sessionIds": session_ids,
+        "sessionIds": session_ids(wf),
         "currentStep": wf.current_steps().first().map(|s| s.id.clone()),
         "lastUpdate": wf.updated_at,
         "progress": { "done": p.done, "total": p.total, "running": p.running, "failed": p.failed },
@@ -419,7 +137,7 @@ fn status_of(api: &Api, wf: &WorkflowState) -> Value {
     })
 }
 
-async fn invoke_status(api: &Api, id: &str) -> Answer {
+pub(super) async fn invoke_status(api: &Api, id: &str) -> Answer {
     let wf = api.workflow(id).await?;
     Ok(status_of(api, &wf))
 }
@@ -548,7 +266,11 @@ fn is_end(status: WorkflowStatus) -> bool {
     )
 }
 
-async fn invoke_stream(api: &Api, args: InvokeStream, ctx: &RequestContext<RoleServer>) -> Answer {
+pub(super) async fn invoke_stream(
+    api: &Api,
+    args: InvokeStream,
+    ctx: &RequestContext<RoleServer>,
+) -> Answer {
     let id = &args.thread_id;
     let after = args.after.unwrap_or(0);
     if after < 0 {
@@ -665,7 +387,7 @@ fn pick_step(wf: &WorkflowState, action: Action) -> Result<String, Problem> {
     }
 }
 
-async fn invoke_resume(api: &Api, args: InvokeResume) -> Answer {
+pub(super) async fn invoke_resume(api: &Api, args: InvokeResume) -> Answer {
     let id = &args.thread_id;
     let step = match (args.action, args.step_id) {
         (Action::Resume, _) => String::new(),
@@ -693,7 +415,7 @@ async fn invoke_resume(api: &Api, args: InvokeResume) -> Answer {
     Ok(status_of(api, &wf))
 }
 
-async fn workflow_monitor(api: &Api, args: Monitor) -> Answer {
+pub(super) async fn workflow_monitor(api: &Api, args: Monitor) -> Answer {
     let limit = args.limit.unwrap_or(20);
     if !(1..=200).contains(&limit) {
         return Err(Problem("limit must be from 1 to 200".into()));
@@ -740,41 +462,4 @@ async fn workflow_monitor(api: &Api, args: Monitor) -> Answer {
         "needing_attention": needing,
         "workflows": rows,
     }))
-}
-
-/// `/mcp`: streamable HTTP, stateless (no session another instance would lack), over the
-/// server's own API router.
-pub fn service(
-    state: &crate::http::AppState,
-    api: axum::Router,
-) -> rmcp::transport::streamable_http_server::StreamableHttpService<
-    Tools,
-    rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
-> {
-    use rmcp::transport::streamable_http_server::{
-        StreamableHttpServerConfig, StreamableHttpService,
-    };
-    let base = format!("http://{}", state.leptos_options.site_addr);
-    let tools = Tools::in_server(Api::local(api, &base));
-    let mut config = StreamableHttpServerConfig::default()
-        .with_legacy_session_mode(false)
-        .with_json_response(true)
-        .with_cancellation_token(state.closing.child_token());
-    if !state.config.addr.ip().is_loopback() {
-        // rmcp accepts only loopback `Host`s unless told otherwise (DNS rebinding); a server
-        // bound to a network address is reached by other names.
-        config = config.disable_allowed_hosts();
-    }
-    StreamableHttpService::new(move || Ok(tools.clone()), Default::default(), config)
-}
-
-/// `cairn mcp --server URL`: the same tools over stdio, for clients that spawn a process.
-/// Only the protocol goes to stdout.
-pub async fn serve_stdio(server: &str) -> anyhow::Result<()> {
-    use rmcp::ServiceExt;
-    let running = Tools::remote(Api::remote(server))
-        .serve(rmcp::transport::stdio())
-        .await?;
-    running.waiting().await?;
-    Ok(())
 }
