@@ -76,6 +76,9 @@ pub enum Event {
         spec: ValidSpec,
         /// Who submitted it.
         by: Option<String>,
+        /// The workspace it belongs to; absent for [`crate::DEFAULT_WORKSPACE`].
+        #[serde(skip_serializing_if = "Option::is_none")]
+        workspace: Option<String>,
     },
     /// The engine started running it.
     #[serde(rename = "workflow.started")]
@@ -334,6 +337,7 @@ impl Event {
             "workflow.created" => Event::WorkflowCreated {
                 spec: f.required("spec")?,
                 by: f.optional("by")?,
+                workspace: f.optional("workspace")?,
             },
             "workflow.started" => Event::WorkflowStarted {},
             "step.started" => Event::StepStarted {
@@ -424,6 +428,7 @@ mod tests {
             Event::WorkflowCreated {
                 spec: spec(),
                 by: Some("ann".into()),
+                workspace: Some("team-a".into()),
             },
             Event::WorkflowStarted {},
             Event::StepStarted {

@@ -40,6 +40,10 @@ mod wire;
 mod testkit;
 
 pub use event::{Event, EventRecord, LogStream};
+
+/// The workspace of everything on a server without tokens, and of workflows stored before
+/// workspaces existed.
+pub const DEFAULT_WORKSPACE: &str = "default";
 pub use retry::{ErrorClass, RetryDecision};
 pub use spec::{
     Limits, MAX_BACKOFF_FACTOR, MAX_INTERVAL_MS, MAX_PARAMS_DEPTH, MAX_TIMEOUT_S, OnExhausted,

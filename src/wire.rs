@@ -159,6 +159,8 @@ read_by_fields! {
     WorkflowState => |f| Ok(WorkflowState {
         id: f.required("id")?,
         name: f.required("name")?,
+        // States stored before workspaces existed belong to the default one.
+        workspace: f.or("workspace", crate::DEFAULT_WORKSPACE.to_string())?,
         status: f.required("status")?,
         spec: f.optional("spec")?,
         inputs: f.required::<BTreeMap<String, String>>("inputs")?,

@@ -26,6 +26,7 @@ pub fn Workspace(children: Children) -> impl IntoView {
                 </a>
                 <span class="topbar-note">"durable workflows"</span>
                 <a class="topbar-action" href="/">"+ New workflow"</a>
+                <crate::viewer::ViewerBadge/>
             </header>
             <Sidebar/>
             <main class="main">{children()}</main>

@@ -25,7 +25,10 @@ mod layout;
 mod live;
 pub mod nav;
 mod pages;
+#[cfg(feature = "ssr")]
+pub mod sign_in;
 mod time;
+pub mod viewer;
 mod workspace;
 
 use leptos::prelude::*;
@@ -49,6 +52,10 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
                 <title>"cairn"</title>
                 <link rel="stylesheet" href="/pkg/cairn.css"/>
                 <link rel="icon" href="/favicon.ico"/>
+                {viewer::current().map(|v| view! {
+                    <meta name=viewer::WORKSPACE_META content=v.workspace/>
+                    {v.label.map(|l| view! { <meta name=viewer::LABEL_META content=l/> })}
+                })}
                 <AutoReload options=options.clone()/>
                 <HydrationScripts options/>
                 <MetaTags/>

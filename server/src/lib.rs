@@ -1,6 +1,7 @@
 //! The cairn server: the HTTP API, the web monitor, the store and the command line.
 //!
 //! # Layout
+//! - [`auth`]: tokens, scopes and workspaces.
 //! - [`cli`]: the `cairn` command line (`serve`, `run`, `ls`, `mcp`, ...).
 //! - [`client`]: a client of the JSON API (the command line's and the MCP tools').
 //! - [`config`]: typed configuration from flags, environment and `cairn.toml`, loaded once.
@@ -15,6 +16,7 @@
 //! - [`startup`]: builds an [`startup::Application`] from a config and runs it until shutdown.
 //! - [`telemetry`]: tracing set-up.
 
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -35,6 +35,16 @@ impl Application {
         raise_open_files_limit();
         crate::metrics::install();
         let store = Store::connect(&config.database_url).await?;
+        // Without tokens, anyone who reaches the port may do anything: only this machine.
+        if !config.addr.ip().is_loopback() && !store.has_tokens().await? {
+            anyhow::bail!(
+                "refusing to serve on {} without tokens: anyone who can reach it could start, \
+                 read and cancel every workflow. Create a token first \
+                 (`cairn token create --workspace NAME`, with the same --database-url), \
+                 or serve on a loopback address such as 127.0.0.1",
+                config.addr
+            );
+        }
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("binding {}", config.addr))?;
@@ -70,6 +80,7 @@ impl Application {
         let streams = StreamLimits::new(sse.max_streams, sse.max_streams_per_client);
         let state = AppState {
             leptos_options,
+            auth: crate::http::auth::Auth::new(store.clone()),
             store,
             engine: engine_handle,
             streams,

@@ -72,8 +72,11 @@ impl WorkflowState {
             ));
         }
         let at = rec.at;
-        if let Event::WorkflowCreated { spec, .. } = &rec.event {
-            return self.created(at, spec);
+        if let Event::WorkflowCreated {
+            spec, workspace, ..
+        } = &rec.event
+        {
+            return self.created(at, spec, workspace.as_deref());
         }
         if self.spec.is_none() {
             return Err("the workflow has not been created".into());
@@ -176,7 +179,7 @@ impl WorkflowState {
     }
 
     /// `workflow.created`: only as the first event. Builds every step, pending.
-    fn created(&mut self, at: DateTime<Utc>, spec: &ValidSpec) -> Check {
+    fn created(&mut self, at: DateTime<Utc>, spec: &ValidSpec, workspace: Option<&str>) -> Check {
         if self.spec.is_some() {
             return Err("the workflow was already created".into());
         }
@@ -186,6 +189,7 @@ impl WorkflowState {
             return Err(format!("the spec has two steps with id '{}'", dup.id));
         }
         self.name = spec.name.clone();
+        self.workspace = workspace.unwrap_or(crate::DEFAULT_WORKSPACE).to_string();
         self.inputs = spec.inputs.clone();
         self.steps = spec.steps.iter().map(StepState::pending).collect();
         self.spec = Some(spec.clone());

@@ -243,6 +243,9 @@ pub struct WorkflowState {
     pub id: String,
     /// Its display name ("" before `workflow.created`).
     pub name: String,
+    /// The workspace it belongs to: that of the token that started it
+    /// ([`crate::DEFAULT_WORKSPACE`] on a server without tokens).
+    pub workspace: String,
     /// Where it is.
     pub status: WorkflowStatus,
     /// Its spec (`None` before `workflow.created`).
@@ -283,6 +286,7 @@ impl WorkflowState {
         WorkflowState {
             id: id.into(),
             name: String::new(),
+            workspace: crate::DEFAULT_WORKSPACE.to_string(),
             status: WorkflowStatus::Pending,
             spec: None,
             inputs: BTreeMap::new(),

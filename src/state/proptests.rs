@@ -241,6 +241,7 @@ fn arb_event() -> impl Strategy<Value = Event> {
                         steps: vec![],
                     },
                     by: None,
+                    workspace: who,
                 },
             }
         })
@@ -349,6 +350,7 @@ fn simulate(
         Event::WorkflowCreated {
             spec: spec.clone(),
             by: None,
+            workspace: None,
         },
     );
     state.apply(&created).expect("created applies");

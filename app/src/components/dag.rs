@@ -147,7 +147,16 @@ mod tests {
         )
         .unwrap();
         let at = "2026-01-01T00:00:00Z".parse().unwrap();
-        let created = EventRecord::new(1, "wf_1", at, Event::WorkflowCreated { spec, by: None });
+        let created = EventRecord::new(
+            1,
+            "wf_1",
+            at,
+            Event::WorkflowCreated {
+                spec,
+                by: None,
+                workspace: None,
+            },
+        );
         let mut state = WorkflowState::new("wf_1");
         state.apply(&created).unwrap();
         state

@@ -194,7 +194,7 @@ impl Harness {
     async fn create(&self, spec: &Value) -> anyhow::Result<String> {
         let spec = cairn::parse_spec_value(spec, &ParseOptions::default())
             .map_err(|e| anyhow::anyhow!("bench spec invalid: {:?}", e.errors))?;
-        let change = Change::created(spec, Some("bench".into()), None);
+        let change = Change::created(spec, Some("bench".into()), cairn::DEFAULT_WORKSPACE, None);
         let id = change.workflow_id.clone();
         // As the HTTP API does: the engine starts it in the checkpoint that creates it.
         let out = self.handle.create(change).await?;

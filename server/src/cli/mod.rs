@@ -3,6 +3,7 @@
 pub mod bench;
 mod bench_sse;
 pub mod remote;
+mod token;
 
 use std::process::ExitCode;
 
@@ -122,6 +123,14 @@ enum Command {
         /// The cairn server's URL.
         #[arg(long, env = "CAIRN_SERVER", default_value = "http://127.0.0.1:3000")]
         server: String,
+        /// The token the tools call the server with.
+        #[arg(long, env = "CAIRN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Make, list and revoke the tokens requests need (on the server's database).
+    Token {
+        #[command(subcommand)]
+        action: token::TokenCommand,
     },
 }
 
@@ -135,10 +144,14 @@ pub async fn main() -> ExitCode {
             telemetry::init("warn");
             return done(bench::run(args).await);
         }
-        Command::Mcp { server } => {
+        Command::Mcp { server, token } => {
             // Only the protocol goes to stdout.
             telemetry::init_stderr("warn");
-            return done(crate::mcp::serve_stdio(&server).await);
+            return done(crate::mcp::serve_stdio(&server, token.as_deref()).await);
+        }
+        Command::Token { action } => {
+            telemetry::init_stderr("warn");
+            return done(token::run(action).await);
         }
         Command::Prune {
             older_than,

@@ -27,6 +27,9 @@ pub struct Api {
     transport: Transport,
     /// Where the server is, as a client outside would reach it (for URLs in answers).
     base: String,
+    /// Sent with every call: the caller's credentials (`Authorization`, or a browser's
+    /// session `Cookie` that an MCP call came with).
+    credentials: std::sync::Arc<Vec<(header::HeaderName, header::HeaderValue)>>,
 }
 
 #[derive(Clone)]
@@ -136,6 +139,7 @@ impl Api {
         Self {
             transport: Transport::Remote(reqwest::Client::new()),
             base: base.trim_end_matches('/').to_string(),
+            credentials: Default::default(),
         }
     }
 
@@ -144,6 +148,7 @@ impl Api {
         Self {
             transport: Transport::Local(api),
             base: base.trim_end_matches('/').to_string(),
+            credentials: Default::default(),
         }
     }
 
@@ -157,7 +162,33 @@ impl Api {
         Self {
             transport: self.transport.clone(),
             base: base.trim_end_matches('/').to_string(),
+            credentials: self.credentials.clone(),
         }
+    }
+
+    /// The same API, called with a token (`Authorization: Bearer …`); `None` changes nothing.
+    /// A token that cannot be a header value is left out (the server then says it needs one).
+    pub fn with_token(self, token: Option<&str>) -> Self {
+        let value = token.and_then(|t| format!("Bearer {}", t.trim()).parse().ok());
+        match value {
+            Some(v) => self.with_credentials(vec![(header::AUTHORIZATION, v)]),
+            None => self,
+        }
+    }
+
+    /// The same API, called with these credential headers.
+    pub fn with_credentials(
+        mut self,
+        headers: Vec<(header::HeaderName, header::HeaderValue)>,
+    ) -> Self {
+        self.credentials = std::sync::Arc::new(headers);
+        self
+    }
+
+    /// The credential headers every call sends (for requests made outside [`Api`], such as
+    /// following a stream).
+    pub fn credentials(&self) -> &[(header::HeaderName, header::HeaderValue)] {
+        &self.credentials
     }
 
     /// `path` made absolute.
@@ -176,6 +207,9 @@ impl Api {
         match &self.transport {
             Transport::Remote(http) => {
                 let mut req = http.request(method, self.url(path));
+                for (k, v) in self.credentials.iter() {
+                    req = req.header(k, v);
+                }
                 for (k, v) in headers {
                     req = req.header(*k, *v);
                 }
@@ -195,6 +229,9 @@ impl Api {
             }
             Transport::Local(router) => {
                 let mut req = Request::builder().method(method).uri(path);
+                for (k, v) in self.credentials.iter() {
+                    req = req.header(k, v);
+                }
                 for (k, v) in headers {
                     req = req.header(*k, *v);
                 }

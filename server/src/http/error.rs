@@ -31,9 +31,15 @@ pub enum ApiError {
         /// Each problem with its path.
         details: Vec<ErrorDetail>,
     },
+    /// 401: no token, or one that is unknown, expired or revoked.
+    #[error("{0}")]
+    Unauthorized(String),
     /// 403: this request may not do that here (a foreign `Host`, a cross-site write).
     #[error("{0}")]
     Forbidden(String),
+    /// 403: the token's scope is too small for this request.
+    #[error("this needs a token with the {0} scope")]
+    InsufficientScope(crate::auth::Scope),
     /// 404: no such thing (also for ids of another workspace).
     #[error("{0}")]
     NotFound(String),
@@ -66,7 +72,9 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str) {
         match self {
             Self::BadRequest { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::InsufficientScope(_) => (StatusCode::FORBIDDEN, "insufficient_scope"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
@@ -111,7 +119,22 @@ impl IntoResponse for ApiError {
                 details,
             },
         };
-        (status, Json(body)).into_response()
+        let mut resp = (status, Json(body)).into_response();
+        // RFC 6750: how to authenticate, and why this attempt failed.
+        let challenge = match &self {
+            Self::Unauthorized(_) => {
+                Some(r#"Bearer realm="cairn", error="invalid_token""#.to_string())
+            }
+            Self::InsufficientScope(scope) => Some(format!(
+                r#"Bearer realm="cairn", error="insufficient_scope", scope="{scope}""#
+            )),
+            _ => None,
+        };
+        if let Some(value) = challenge.and_then(|c| c.parse().ok()) {
+            resp.headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, value);
+        }
+        resp
     }
 }
 

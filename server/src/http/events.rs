@@ -21,7 +21,7 @@ use axum::{
 use futures::{Stream, StreamExt, stream};
 use serde_json::json;
 
-use super::{ApiError, AppState, ErrorDetail, workflows::snapshot_json};
+use super::{ApiError, AppState, ErrorDetail, auth::Caller, workflows::snapshot_json};
 use crate::{
     live::{Feed, StreamGuard, StreamRefusal},
     store::LiveEvent,
@@ -145,7 +145,7 @@ async fn workflow_events(
     let after = resume_point(&headers, &query)?;
     let guard = admit(&state, client)?;
     // Subscribe before reading the snapshot: see live::feed for why that leaves no gap.
-    let feed = Feed::subscribe(&state.store, Some(id.clone()));
+    let feed = Feed::subscribe(&state.store, Some(id.clone()), None);
     let wf = state
         .store
         .load(&id)
@@ -174,13 +174,14 @@ async fn workflow_events(
     responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = String)))]
 async fn workspace_events(
     State(state): State<AppState>,
+    caller: Caller,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let mut after = resume_point(&headers, &query)?;
     let guard = admit(&state, client)?;
-    let feed = Feed::subscribe(&state.store, None);
+    let feed = Feed::subscribe(&state.store, None, Some(caller.workspace.clone()));
     // Retention deleted workflows since this client's position: the log cannot tell it which
     // (their events are gone), so it starts over from a snapshot.
     if let Some(a) = after
@@ -191,7 +192,10 @@ async fn workspace_events(
     let (first, feed) = match after {
         Some(after) => (None, feed.after(after)),
         None => {
-            let (last, workflows) = state.store.workspace_snapshot(WORKSPACE_SNAPSHOT).await?;
+            let (last, workflows) = state
+                .store
+                .workspace_snapshot(WORKSPACE_SNAPSHOT, Some(&caller.workspace))
+                .await?;
             let frame = Frame::default()
                 .id(last.to_string())
                 .event("snapshot")

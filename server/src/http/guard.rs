@@ -33,41 +33,61 @@ pub async fn time_limit(State(limit): State<Duration>, req: Request, next: Next)
     }
 }
 
-/// The write rate limit, per client address (`None`: no limit).
+/// The write rate limit, per client address and per token (`None`: no limit).
 #[derive(Clone)]
-pub struct WriteLimit(Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>);
+pub struct WriteLimit(Option<Arc<Limiters>>);
+
+struct Limiters {
+    by_address: DefaultKeyedRateLimiter<IpAddr>,
+    by_token: DefaultKeyedRateLimiter<String>,
+}
 
 impl WriteLimit {
-    /// `per_second` writes on average, up to `burst` at once, per client address.
+    /// `per_second` writes on average, up to `burst` at once, per client address and,
+    /// separately, per token.
     pub fn new(limit: Option<(NonZeroU32, NonZeroU32)>) -> Self {
         Self(limit.map(|(per_second, burst)| {
-            Arc::new(RateLimiter::keyed(
-                Quota::per_second(per_second).allow_burst(burst),
-            ))
+            let quota = Quota::per_second(per_second).allow_burst(burst);
+            Arc::new(Limiters {
+                by_address: RateLimiter::keyed(quota),
+                by_token: RateLimiter::keyed(quota),
+            })
         }))
     }
 }
 
 /// Refuses writes (anything but GET, HEAD and OPTIONS) over the limit with 429 and
-/// `Retry-After`. Requests without a client address (the MCP tools calling the API
-/// in-process) are not counted here.
+/// `Retry-After`: a token's writes count against it from any address (the MCP tools calling
+/// the API in-process included), and an address's against it whatever token they carry.
 pub async fn limit_writes(State(limit): State<WriteLimit>, req: Request, next: Next) -> Response {
     let write = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let (true, Some(limiters)) = (write, &limit.0) else {
+        return next.run(req).await;
+    };
     let client = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    if let (true, Some(limiter), Some(ip)) = (write, &limit.0, client)
-        && let Err(not_until) = limiter.check_key(&ip)
-    {
+    let token = req
+        .extensions()
+        .get::<super::auth::Caller>()
+        .and_then(|c| c.token.clone());
+    let refused = token
+        .and_then(|t| limiters.by_token.check_key(&t).err())
+        .map(|n| (n, "this token"))
+        .or_else(|| {
+            client
+                .and_then(|ip| limiters.by_address.check_key(&ip).err())
+                .map(|n| (n, "this address"))
+        });
+    if let Some((not_until, who)) = refused {
         let wait = not_until.wait_time_from(governor::clock::Clock::now(
             &governor::clock::DefaultClock::default(),
         ));
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        let mut resp = ApiError::TooManyRequests(format!(
-            "too many writes from this address; try again in {secs} s"
-        ))
-        .into_response();
+        let mut resp =
+            ApiError::TooManyRequests(format!("too many writes from {who}; try again in {secs} s"))
+                .into_response();
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         return resp;

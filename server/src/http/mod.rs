@@ -2,6 +2,7 @@
 //!
 //! Each area has its own `router()`; [`router`] merges them with the Leptos routes in one place.
 
+pub mod auth;
 pub(crate) mod compat;
 pub mod error;
 pub mod events;
@@ -22,7 +23,7 @@ use axum::{
     routing::{any, get},
 };
 use cairn::WorkflowState;
-use leptos::prelude::{LeptosOptions, provide_context};
+use leptos::prelude::{LeptosOptions, provide_context, use_context};
 use tower_http::{services::ServeDir, trace::TraceLayer};
 
 use crate::{config::Config, engine::EngineHandle, live::StreamLimits, store::Store};
@@ -35,6 +36,8 @@ pub struct AppState {
     pub leptos_options: LeptosOptions,
     /// The database.
     pub store: Store,
+    /// The token check.
+    pub auth: auth::Auth,
     /// The engine's control channel.
     pub engine: EngineHandle,
     /// Open SSE streams, capped.
@@ -68,27 +71,60 @@ pub fn router(state: AppState) -> Router {
     // does. Any other path gets a file from the site root, or the app's not-found page (404).
     // Rendering spawns tasks on Leptos' executor: tokio's (already set on a second call).
     let _ = any_spawner::Executor::init_tokio();
-    let data: DataSource = Arc::new(PageData(state.clone()));
-    let provide_data = move || provide_context(data.clone());
+    // Each page reads the store as the workspace of whoever asks (`auth::pages` put them in
+    // the request, which Leptos provides as context before this runs).
+    let provide_data = {
+        let state = state.clone();
+        move || {
+            let caller = use_context::<axum::http::request::Parts>()
+                .and_then(|p| p.extensions.get::<auth::Caller>().cloned());
+            if let Some(c) = &caller {
+                provide_context(app::viewer::Viewer {
+                    workspace: c.workspace.clone(),
+                    label: c.label.clone(),
+                });
+            }
+            let data: DataSource = Arc::new(PageData {
+                state: state.clone(),
+                caller,
+            });
+            provide_context(data);
+        }
+    };
     let page = leptos_axum::render_app_to_stream_with_context(provide_data.clone(), {
         let options = state.leptos_options.clone();
         move || shell(options.clone())
     });
     let pages = Router::new()
-        .nest_service(
-            &pkg_route,
-            ServeDir::new(pkg).precompressed_br().precompressed_gzip(),
-        )
         .route("/", get(page.clone()))
         .route("/workflows/{id}", get(page))
         .fallback(leptos_axum::file_and_error_handler_with_context::<
             AppState,
             _,
         >(provide_data, shell))
-        .with_state(state);
-    let cors = guard::cors(&state_cors);
-    api.nest_service("/mcp", mcp)
+        .layer(axum::middleware::from_fn_with_state(
+            state.auth.clone(),
+            auth::pages,
+        ))
+        .with_state(state.clone());
+    let open_pages = Router::new()
+        .nest_service(
+            &pkg_route,
+            ServeDir::new(pkg).precompressed_br().precompressed_gzip(),
+        )
+        .route("/sign-in", get(auth::sign_in_page).post(auth::sign_in))
+        .route("/sign-out", axum::routing::post(auth::sign_out))
+        .with_state(state.auth.clone());
+    let guarded = Router::new()
+        .nest_service("/mcp", mcp)
         .route("/metrics", get(metrics_text))
+        .layer(axum::middleware::from_fn_with_state(
+            state.auth.clone(),
+            auth::authenticate,
+        ));
+    let cors = guard::cors(&state_cors);
+    api.merge(guarded)
+        .merge(open_pages)
         .merge(pages)
         .layer(axum::middleware::from_fn(track))
         .layer(axum::middleware::from_fn_with_state(
@@ -131,12 +167,13 @@ async fn track(
 /// tools call in-process.
 pub fn api(state: AppState) -> Router {
     let http = &state.config.engine.http;
+    let own = axum::middleware::from_fn_with_state(state.clone(), auth::own_workflows_only);
     let answered_at_once = Router::new()
         .merge(health::router())
         .route("/api/roles", axum::routing::get(roles))
         .route("/api/openapi.json", axum::routing::get(openapi::document))
-        .merge(workflows::router())
-        .merge(compat::router())
+        .merge(workflows::router().route_layer(own.clone()))
+        .merge(compat::router().route_layer(own.clone()))
         // Anything else under /api is a JSON 404, not the HTML not-found page.
         .route("/api", any(api_not_found))
         .route("/api/{*rest}", any(api_not_found))
@@ -147,11 +184,16 @@ pub fn api(state: AppState) -> Router {
     Router::new()
         .merge(answered_at_once)
         // Streams: no request timeout (they end at `[sse] max_age_ms`).
-        .merge(events::router())
-        .merge(compat::streams())
+        .merge(events::router().route_layer(own.clone()))
+        .merge(compat::streams().route_layer(own))
         .layer(axum::middleware::from_fn_with_state(
             guard::WriteLimit::new(http.write_limit),
             guard::limit_writes,
+        ))
+        // Outside the write limit, which counts per token too.
+        .layer(axum::middleware::from_fn_with_state(
+            state.auth.clone(),
+            auth::authenticate,
         ))
         // Bodies over the spec limit (plus room for JSON overhead) are refused while reading,
         // as a 413 the handlers turn into the JSON error shape.
@@ -168,14 +210,22 @@ async fn roles(
     axum::Json(serde_json::json!({ "roles": state.config.engine.role_names() }))
 }
 
-/// What the server-rendered pages read: the store, directly.
-struct PageData(AppState);
+/// What the server-rendered pages read: the store, directly, as the workspace of whoever
+/// asks (nothing at all when nobody was admitted).
+struct PageData {
+    state: AppState,
+    caller: Option<auth::Caller>,
+}
 
 impl WorkspaceData for PageData {
     fn workspace(&self) -> BoxFuture<Result<WorkspaceSnapshot, String>> {
-        let store = self.0.store.clone();
+        let store = self.state.store.clone();
+        let Some(workspace) = self.caller.as_ref().map(|c| c.workspace.clone()) else {
+            return Box::pin(async { Ok(WorkspaceSnapshot::default()) });
+        };
         Box::pin(async move {
-            let (last_event_id, workflows) = store.workspace_snapshot(200).await.map_err(|e| {
+            let snapshot = store.workspace_snapshot(200, Some(&workspace)).await;
+            let (last_event_id, workflows) = snapshot.map_err(|e| {
                 tracing::error!(error = format!("{e:#}"), "rendering the workspace");
                 "the workspace cannot be read right now".to_string()
             })?;
@@ -187,17 +237,20 @@ impl WorkspaceData for PageData {
     }
 
     fn workflow(&self, id: String) -> BoxFuture<Result<Option<WorkflowState>, String>> {
-        let store = self.0.store.clone();
+        let store = self.state.store.clone();
+        let workspace = self.caller.as_ref().map(|c| c.workspace.clone());
         Box::pin(async move {
-            store.load(&id).await.map_err(|e| {
+            let wf = store.load(&id).await.map_err(|e| {
                 tracing::error!(error = format!("{e:#}"), "rendering a workflow");
                 "the workflow cannot be read right now".to_string()
-            })
+            })?;
+            // Another workspace's workflow is not found, like one that does not exist.
+            Ok(wf.filter(|wf| Some(&wf.workspace) == workspace.as_ref()))
         })
     }
 
     fn roles(&self) -> Vec<String> {
-        self.0.config.engine.role_names().into_iter().collect()
+        self.state.config.engine.role_names().into_iter().collect()
     }
 }
 

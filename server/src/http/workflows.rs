@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{ApiError, AppState, ErrorDetail};
+use super::{ApiError, AppState, ErrorDetail, auth::Caller};
 use crate::{
     engine::{Control, ControlError},
     store::{Change, ListQuery, Outcome, Rejection, WorkflowSummary},
@@ -200,13 +200,14 @@ fn parse_body(
     ))]
 async fn start(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(body_error)?;
     let key = idempotency_key(&headers)?;
     let spec = parse_body(&state, &headers, &body)?;
-    let (id, status, replayed) = create(&state, spec, key, &body).await?;
+    let (id, status, replayed) = create(&state, &caller, spec, key, &body).await?;
     let mut resp = (StatusCode::ACCEPTED, Json(Started::new(id, status))).into_response();
     if replayed {
         resp.headers_mut().insert(
@@ -217,15 +218,25 @@ async fn start(
     Ok(resp)
 }
 
-/// Commits a new workflow and wakes the engine; `(id, status, replayed)`.
+/// Commits a new workflow in the caller's workspace and wakes the engine;
+/// `(id, status, replayed)`.
 pub async fn create(
     state: &AppState,
+    caller: &Caller,
     spec: cairn::ValidSpec,
     key: Option<String>,
     body: &[u8],
 ) -> Result<(String, WorkflowStatus, bool), ApiError> {
-    let idempotency = key.map(|k| (k, hex(&Sha256::digest(body))));
-    let change = Change::created(spec, Some("api".into()), idempotency);
+    // Keys are the workspace's own: the same key in two workspaces names two workflows
+    // (a workspace name has no '/').
+    let idempotency = key.map(|k| {
+        (
+            format!("{}/{k}", caller.workspace),
+            hex(&Sha256::digest(body)),
+        )
+    });
+    let by = caller.by("api").to_string();
+    let change = Change::created(spec, Some(by), &caller.workspace, idempotency);
     let id = change.workflow_id.clone();
     // Through the engine: with room, it starts the workflow in the checkpoint that creates it.
     let outcome = state.engine.create(change).await.map_err(|e| {
@@ -281,11 +292,13 @@ fn parse_status(s: &str) -> Option<WorkflowStatus> {
     ))]
 async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Page>, ApiError> {
     let mut details = Vec::new();
     let mut q = ListQuery {
         limit: 50,
+        workspace: Some(caller.workspace),
         ..ListQuery::default()
     };
     for (k, v) in &params {
@@ -470,10 +483,11 @@ struct NoBody {}
 
 async fn run_control(
     state: &AppState,
+    caller: &Caller,
     id: &str,
     control: Control,
 ) -> Result<Json<Value>, ApiError> {
-    match state.engine.control(id, control, "api").await {
+    match state.engine.control(id, control, caller.by("api")).await {
         Ok(wf) => Ok(Json(snapshot_json(&wf))),
         Err(ControlError::NotFound(m)) => Err(ApiError::NotFound(m)),
         Err(ControlError::Conflict(m)) => Err(ApiError::Conflict(m)),
@@ -495,11 +509,12 @@ async fn run_control(
 /// Runs a workflow again after a failure, a cancel, a stall or a pause.
 async fn resume(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let NoBody {} = control_body(body)?;
-    run_control(&state, &id, Control::Resume).await
+    run_control(&state, &caller, &id, Control::Resume).await
 }
 
 #[utoipa::path(post, path = "/api/workflows/{id}/cancel", tag = "controls",
@@ -513,11 +528,12 @@ async fn resume(
 /// Cancels a workflow.
 async fn cancel(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let CancelBody { reason } = control_body(body)?;
-    run_control(&state, &id, Control::Cancel { reason }).await
+    run_control(&state, &caller, &id, Control::Cancel { reason }).await
 }
 
 #[utoipa::path(post, path = "/api/workflows/{id}/steps/{step}/retry", tag = "controls",
@@ -531,11 +547,12 @@ async fn cancel(
 /// Runs a step again.
 async fn retry_step(
     State(state): State<AppState>,
+    caller: Caller,
     Path((id, step_id)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let NoBody {} = control_body(body)?;
-    run_control(&state, &id, Control::RetryStep { step_id }).await
+    run_control(&state, &caller, &id, Control::RetryStep { step_id }).await
 }
 
 #[utoipa::path(post, path = "/api/workflows/{id}/steps/{step}/retry-now", tag = "controls",
@@ -549,11 +566,12 @@ async fn retry_step(
 /// Starts a step waiting for its backoff now.
 async fn retry_now(
     State(state): State<AppState>,
+    caller: Caller,
     Path((id, step_id)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let NoBody {} = control_body(body)?;
-    run_control(&state, &id, Control::RetryNow { step_id }).await
+    run_control(&state, &caller, &id, Control::RetryNow { step_id }).await
 }
 
 #[utoipa::path(post, path = "/api/workflows/{id}/steps/{step}/skip", tag = "controls",
@@ -567,9 +585,10 @@ async fn retry_now(
 /// Marks a step done without running it.
 async fn skip(
     State(state): State<AppState>,
+    caller: Caller,
     Path((id, step_id)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let SkipBody { output } = control_body(body)?;
-    run_control(&state, &id, Control::Skip { step_id, output }).await
+    run_control(&state, &caller, &id, Control::Skip { step_id, output }).await
 }

@@ -8,19 +8,19 @@
 
 use std::{collections::VecDeque, sync::Arc};
 
-use cairn::EventRecord;
 use futures::Stream;
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use crate::store::{LiveEvent, Store};
+use crate::store::{EventScope, LiveEvent, Store};
 
 /// Events read from the database per catch-up page.
 const PAGE: u32 = 500;
 
-/// A feed of one workflow's events, or of the whole workspace's.
+/// A feed of one workflow's events, or of a whole workspace's.
 pub struct Feed {
     store: Store,
     workflow_id: Option<String>,
+    workspace: Option<String>,
     cursor: i64,
     live: broadcast::Receiver<Arc<LiveEvent>>,
     backlog: VecDeque<Arc<LiveEvent>>,
@@ -28,12 +28,18 @@ pub struct Feed {
 }
 
 impl Feed {
-    /// Subscribes now; call before reading any snapshot the feed continues from.
-    pub fn subscribe(store: &Store, workflow_id: Option<String>) -> Self {
+    /// Subscribes now to the events of `workflow_id` (or of every workflow) of `workspace`
+    /// (or of every workspace); call before reading any snapshot the feed continues from.
+    pub fn subscribe(
+        store: &Store,
+        workflow_id: Option<String>,
+        workspace: Option<String>,
+    ) -> Self {
         Self {
             live: store.subscribe(),
             store: store.clone(),
             workflow_id,
+            workspace,
             cursor: 0,
             backlog: VecDeque::new(),
             catching_up: true,
@@ -48,12 +54,13 @@ impl Feed {
         self
     }
 
-    fn wanted(&self, e: &EventRecord) -> bool {
+    fn wanted(&self, e: &LiveEvent) -> bool {
         e.id > self.cursor
             && self
                 .workflow_id
                 .as_deref()
                 .is_none_or(|w| w == e.workflow_id)
+            && self.workspace.as_deref().is_none_or(|w| w == e.workspace)
     }
 
     /// The next event, waiting for one if need be; `None` when the store shut down.
@@ -67,17 +74,16 @@ impl Feed {
                 continue;
             }
             if self.catching_up {
-                let page = match self
-                    .store
-                    .events_after(self.workflow_id.as_deref(), self.cursor, PAGE)
-                    .await
-                {
+                let scope = EventScope {
+                    workflow: self.workflow_id.as_deref(),
+                    workspace: self.workspace.as_deref(),
+                };
+                let page = match self.store.events_after(scope, self.cursor, PAGE).await {
                     Ok(p) => p,
                     Err(e) => return Some(Err(e)),
                 };
                 self.catching_up = page.len() as u32 == PAGE;
-                self.backlog
-                    .extend(page.into_iter().map(|r| Arc::new(LiveEvent::new(r))));
+                self.backlog.extend(page.into_iter().map(Arc::new));
                 continue;
             }
             match self.live.recv().await {

@@ -151,19 +151,25 @@ impl Tools {
         }
     }
 
-    /// The API, with URLs in answers as the calling client reaches this server.
+    /// The API as the calling client reaches it: with its credentials (so the API decides
+    /// what the caller's token may see and do, as for any request), and URLs in answers
+    /// built from the `Host` it called.
     fn api(&self, ctx: &RequestContext<RoleServer>) -> Api {
         if !self.base_from_request {
             return self.api.clone();
         }
-        let host = ctx
-            .extensions
-            .get::<axum::http::request::Parts>()
-            .and_then(|p| p.headers.get(axum::http::header::HOST))
-            .and_then(|h| h.to_str().ok());
-        match host {
-            Some(host) => self.api.with_base(&format!("http://{host}")),
-            None => self.api.clone(),
+        let Some(parts) = ctx.extensions.get::<axum::http::request::Parts>() else {
+            return self.api.clone();
+        };
+        use axum::http::header::{AUTHORIZATION, COOKIE, HOST};
+        let credentials = [AUTHORIZATION, COOKIE]
+            .into_iter()
+            .filter_map(|name| parts.headers.get(&name).map(|v| (name, v.clone())))
+            .collect();
+        let api = self.api.clone().with_credentials(credentials);
+        match parts.headers.get(HOST).and_then(|h| h.to_str().ok()) {
+            Some(host) => api.with_base(&format!("http://{host}")),
+            None => api,
         }
     }
 }
@@ -308,9 +314,9 @@ pub fn service(
 
 /// `cairn mcp --server URL`: the same tools over stdio, for clients that spawn a process.
 /// Only the protocol goes to stdout.
-pub async fn serve_stdio(server: &str) -> anyhow::Result<()> {
+pub async fn serve_stdio(server: &str, token: Option<&str>) -> anyhow::Result<()> {
     use rmcp::ServiceExt;
-    let running = Tools::remote(Api::remote(server))
+    let running = Tools::remote(Api::remote(server).with_token(token))
         .serve(rmcp::transport::stdio())
         .await?;
     running.waiting().await?;

@@ -208,7 +208,12 @@ mod tests {
             &cairn::ParseOptions::default(),
         )
         .unwrap();
-        Change::created(spec, None, Some(("k".into(), "h1".into())))
+        Change::created(
+            spec,
+            None,
+            cairn::DEFAULT_WORKSPACE,
+            Some(("k".into(), "h1".into())),
+        )
     }
 
     fn started(id: &str, fence: Option<Fence>, base: Option<WorkflowState>) -> Change {

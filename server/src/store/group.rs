@@ -130,6 +130,8 @@ pub(super) struct Rows {
     pub wf_states: Vec<String>,
     /// The spec of a workflow being created (written once), `None` for the others.
     pub wf_specs: Vec<Option<String>>,
+    /// The workspace (written at creation only).
+    pub wf_workspaces: Vec<String>,
     pub wf_created: Vec<DateTime<Utc>>,
     pub wf_updated: Vec<DateTime<Utc>>,
     pub wf_last: Vec<i64>,
@@ -213,6 +215,7 @@ impl Rows {
         let (json, spec) = encode_state(&mut state, creating)?;
         self.wf_states.push(json);
         self.wf_specs.push(spec);
+        self.wf_workspaces.push(state.workspace.clone());
         self.wf_created.push(state.created_at.unwrap_or(now));
         self.wf_updated.push(now);
         self.wf_last.push(state.last_event_id);
@@ -301,7 +304,11 @@ mod tests {
             1,
             "wf_1",
             Utc::now(),
-            cairn::Event::WorkflowCreated { spec, by: None },
+            cairn::Event::WorkflowCreated {
+                spec,
+                by: None,
+                workspace: None,
+            },
         );
         state.apply(&created).unwrap();
         let whole = serde_json::to_string(&state).unwrap();

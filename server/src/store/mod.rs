@@ -17,6 +17,7 @@ mod postgres;
 mod publisher;
 mod sqlite;
 mod sqlite_ops;
+mod tokens;
 mod types;
 mod writer;
 
@@ -29,7 +30,8 @@ use tokio::sync::broadcast;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use types::{
-    Change, Claimed, Fence, ListQuery, LiveEvent, Outcome, Rejection, Stamped, WorkflowSummary,
+    Change, Claimed, EventScope, Fence, ListQuery, LiveEvent, Outcome, Rejection, Stamped,
+    WorkflowSummary,
 };
 
 /// The largest event the store writes, as JSON. Events carry previews of outputs and tasks,
@@ -249,16 +251,24 @@ impl Store {
         }
     }
 
-    /// Events after `after` (of one workflow, or of all), oldest first, at most `limit`.
+    /// Events after `after` (as `scope` narrows them), oldest first, at most `limit`.
     pub async fn events_after(
         &self,
-        workflow_id: Option<&str>,
+        scope: EventScope<'_>,
         after: i64,
         limit: u32,
-    ) -> anyhow::Result<Vec<EventRecord>> {
+    ) -> anyhow::Result<Vec<LiveEvent>> {
         match &self.backend {
-            Backend::Sqlite(s, _) => s.events_after(workflow_id, after, limit).await,
-            Backend::Postgres(p, _) => p.events_after(workflow_id, after, limit).await,
+            Backend::Sqlite(s, _) => s.events_after(scope, after, limit).await,
+            Backend::Postgres(p, _) => p.events_after(scope, after, limit).await,
+        }
+    }
+
+    /// The workspace a workflow belongs to, `None` if there is no such workflow.
+    pub async fn workspace_of(&self, id: &str) -> anyhow::Result<Option<String>> {
+        match &self.backend {
+            Backend::Sqlite(s, _) => s.workspace_of(id).await,
+            Backend::Postgres(p, _) => p.workspace_of(id).await,
         }
     }
 
@@ -267,10 +277,11 @@ impl Store {
     pub async fn workspace_snapshot(
         &self,
         limit: u32,
+        workspace: Option<&str>,
     ) -> anyhow::Result<(i64, Vec<WorkflowSummary>)> {
         match &self.backend {
-            Backend::Sqlite(s, _) => s.workspace_snapshot(limit).await,
-            Backend::Postgres(p, _) => p.workspace_snapshot(limit).await,
+            Backend::Sqlite(s, _) => s.workspace_snapshot(limit, workspace).await,
+            Backend::Postgres(p, _) => p.workspace_snapshot(limit, workspace).await,
         }
     }
 

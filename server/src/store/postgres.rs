@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     group::{self, LoadState, RoundFacts, Rows},
-    types::{Change, Claimed, Fence, ListQuery, Outcome, WorkflowSummary},
+    types::{Change, Claimed, EventScope, Fence, ListQuery, LiveEvent, Outcome, WorkflowSummary},
     writer::GroupCommit,
 };
 
@@ -170,21 +170,36 @@ impl PgStore {
     /// are visible as a contiguous prefix, so reading `id > after` never skips one.
     pub async fn events_after(
         &self,
-        workflow_id: Option<&str>,
+        scope: EventScope<'_>,
         after: i64,
         limit: u32,
-    ) -> anyhow::Result<Vec<EventRecord>> {
+    ) -> anyhow::Result<Vec<LiveEvent>> {
         let rows = sqlx::query(
-            "SELECT id, workflow_id, at, data FROM events \
-             WHERE id > $1 AND ($2::text IS NULL OR workflow_id = $2) ORDER BY id LIMIT $3",
+            "SELECT e.id, e.workflow_id, e.at, e.data, w.workspace \
+             FROM events e JOIN workflows w ON w.id = e.workflow_id \
+             WHERE e.id > $1 AND ($2::text IS NULL OR e.workflow_id = $2) \
+               AND ($4::text IS NULL OR w.workspace = $4) \
+             ORDER BY e.id LIMIT $3",
         )
         .bind(after)
-        .bind(workflow_id)
+        .bind(scope.workflow)
         .bind(limit as i64)
+        .bind(scope.workspace)
         .fetch_all(&self.pool)
         .await
         .context("reading events")?;
-        rows.iter().map(record_from_row).collect()
+        rows.iter()
+            .map(|row| Ok(LiveEvent::new(record_from_row(row)?, row.get("workspace"))))
+            .collect()
+    }
+
+    /// The workspace a workflow belongs to, `None` if there is no such workflow.
+    pub async fn workspace_of(&self, id: &str) -> anyhow::Result<Option<String>> {
+        sqlx::query_scalar("SELECT workspace FROM workflows WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .context("reading a workflow's workspace")
     }
 
     /// The newest committed event id (0 when empty).
@@ -199,6 +214,7 @@ impl PgStore {
     pub async fn workspace_snapshot(
         &self,
         limit: u32,
+        workspace: Option<&str>,
     ) -> anyhow::Result<(i64, Vec<WorkflowSummary>)> {
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await.context("beginning a read")?;
@@ -212,6 +228,7 @@ impl PgStore {
             .context("reading the last event id")?;
         let q = ListQuery {
             limit,
+            workspace: workspace.map(str::to_string),
             ..ListQuery::default()
         };
         let list = list(&mut tx, &q).await?;
@@ -462,11 +479,13 @@ async fn list(conn: &mut PgConnection, q: &ListQuery) -> anyhow::Result<Vec<Work
          WHERE ($1::text IS NULL OR status = $1) \
            AND ($2::text IS NULL OR (created_at, id) < \
                 (SELECT created_at, id FROM workflows WHERE id = $2)) \
+           AND ($4::text IS NULL OR workspace = $4) \
          ORDER BY created_at DESC, id DESC LIMIT $3",
     )
     .bind(q.status.map(|s| s.as_str()))
     .bind(q.before.as_deref())
     .bind(q.limit as i64)
+    .bind(q.workspace.as_deref())
     .fetch_all(&mut *conn)
     .await
     .context("listing workflows")?;
@@ -617,9 +636,10 @@ async fn write_rows(
          outputs_written AS (INSERT INTO outputs (event_id, workflow_id, step_id, bytes, output) \
            SELECT * FROM UNNEST($6::bigint[], $7::text[], $8::text[], $9::bigint[], $10::bytea[])), \
          workflows_written AS (INSERT INTO workflows \
-             (id, name, status, state, created_at, updated_at, last_event_id, next_wake_at, spec) \
+             (id, name, status, state, created_at, updated_at, last_event_id, next_wake_at, spec, workspace) \
            SELECT * FROM UNNEST($11::text[], $12::text[], $13::text[], $14::text[], \
-             $15::timestamptz[], $16::timestamptz[], $17::bigint[], $18::timestamptz[], $37::text[]) \
+             $15::timestamptz[], $16::timestamptz[], $17::bigint[], $18::timestamptz[], $37::text[], \
+             $38::text[]) \
            ON CONFLICT (id) DO UPDATE SET status = excluded.status, state = excluded.state, \
              updated_at = excluded.updated_at, last_event_id = excluded.last_event_id, \
              next_wake_at = excluded.next_wake_at), \
@@ -675,6 +695,7 @@ async fn write_rows(
     .bind(channel)
     .bind(last.to_string())
     .bind(&rows.wf_specs)
+    .bind(&rows.wf_workspaces)
     .execute(&mut *tx)
     .await
     .context("writing a checkpoint")?;

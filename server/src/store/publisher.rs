@@ -29,10 +29,11 @@ pub(super) enum Log {
 }
 
 impl Log {
-    async fn after(&self, id: i64) -> anyhow::Result<Vec<cairn::EventRecord>> {
+    async fn after(&self, id: i64) -> anyhow::Result<Vec<LiveEvent>> {
+        let all = super::EventScope::default();
         match self {
-            Log::Sqlite(s) => s.events_after(None, id, PAGE).await,
-            Log::Postgres(p) => p.events_after(None, id, PAGE).await,
+            Log::Sqlite(s) => s.events_after(all, id, PAGE).await,
+            Log::Postgres(p) => p.events_after(all, id, PAGE).await,
         }
     }
 }
@@ -63,10 +64,10 @@ pub(super) fn start(
                     }
                 };
                 let full = page.len() as u32 == PAGE;
-                for record in page {
-                    last = record.id;
+                for event in page {
+                    last = event.id;
                     // No subscriber is fine; a lagging one catches up from the log.
-                    let _ = events.send(Arc::new(LiveEvent::new(record)));
+                    let _ = events.send(Arc::new(event));
                 }
                 if !full {
                     break;

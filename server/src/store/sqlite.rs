@@ -18,7 +18,7 @@ use sqlx::{
 
 use super::{
     sqlite_ops,
-    types::{Change, Claimed, ListQuery, Outcome, WorkflowSummary},
+    types::{Change, Claimed, EventScope, ListQuery, LiveEvent, Outcome, WorkflowSummary},
     writer::GroupCommit,
 };
 
@@ -118,11 +118,16 @@ impl SqliteStore {
     /// Events after `after`, of one workflow or of all, oldest first, at most `limit`.
     pub async fn events_after(
         &self,
-        workflow_id: Option<&str>,
+        scope: EventScope<'_>,
         after: i64,
         limit: u32,
-    ) -> anyhow::Result<Vec<EventRecord>> {
-        sqlite_ops::events_after(&mut *self.reader().await?, workflow_id, after, limit).await
+    ) -> anyhow::Result<Vec<LiveEvent>> {
+        sqlite_ops::events_after(&mut *self.reader().await?, scope, after, limit).await
+    }
+
+    /// The workspace a workflow belongs to, `None` if there is no such workflow.
+    pub async fn workspace_of(&self, id: &str) -> anyhow::Result<Option<String>> {
+        sqlite_ops::workspace_of(&mut *self.reader().await?, id).await
     }
 
     /// The newest event id of the whole log (0 when empty).
@@ -134,11 +139,13 @@ impl SqliteStore {
     pub async fn workspace_snapshot(
         &self,
         limit: u32,
+        workspace: Option<&str>,
     ) -> anyhow::Result<(i64, Vec<WorkflowSummary>)> {
         let mut tx = self.pool.begin().await.context("beginning a read")?;
         let last = sqlite_ops::last_event_id(&mut tx).await?;
         let q = ListQuery {
             limit,
+            workspace: workspace.map(str::to_string),
             ..ListQuery::default()
         };
         let list = sqlite_ops::list(&mut tx, &q).await?;

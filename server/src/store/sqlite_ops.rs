@@ -12,7 +12,7 @@ use sqlx::{Row, SqliteConnection};
 
 use super::{
     group::{self, LoadState, RoundFacts, Rows},
-    types::{Change, Claimed, Fence, ListQuery, Outcome, WorkflowSummary},
+    types::{Change, Claimed, EventScope, Fence, ListQuery, LiveEvent, Outcome, WorkflowSummary},
 };
 
 /// The text form of an instant in the database.
@@ -159,14 +159,15 @@ async fn write_rows(conn: &mut SqliteConnection, rows: &Rows) -> anyhow::Result<
                 &updated[i],
                 rows.wf_last[i],
                 &wake[i],
+                &rows.wf_workspaces[i],
             )
         })
         .collect();
     // `WHERE true`: SQLite's grammar needs it between a SELECT and ON CONFLICT.
     sqlx::query(
-        "INSERT INTO workflows (id, name, status, state, spec, created_at, updated_at, last_event_id, next_wake_at) \
+        "INSERT INTO workflows (id, name, status, state, spec, created_at, updated_at, last_event_id, next_wake_at, workspace) \
          SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
-                value ->> 6, value ->> 7, value ->> 8 FROM json_each(?) WHERE true \
+                value ->> 6, value ->> 7, value ->> 8, value ->> 9 FROM json_each(?) WHERE true \
          ON CONFLICT (id) DO UPDATE SET status = excluded.status, state = excluded.state, \
            updated_at = excluded.updated_at, last_event_id = excluded.last_event_id, \
            next_wake_at = excluded.next_wake_at",
@@ -297,11 +298,13 @@ pub(super) async fn list(
         "SELECT state FROM workflows \
          WHERE (?1 IS NULL OR status = ?1) \
            AND (?2 IS NULL OR (created_at, id) < (SELECT created_at, id FROM workflows WHERE id = ?2)) \
+           AND (?4 IS NULL OR workspace = ?4) \
          ORDER BY created_at DESC, id DESC LIMIT ?3",
     )
     .bind(q.status.map(|s| s.as_str()))
     .bind(q.before.as_deref())
     .bind(q.limit as i64)
+    .bind(q.workspace.as_deref())
     .fetch_all(&mut *conn)
     .await
     .context("listing workflows")?;
@@ -340,24 +343,43 @@ pub(super) async fn history(
     rows.iter().map(record_from_row).collect()
 }
 
-/// Events after `after`, of one workflow or of all, oldest first, at most `limit`.
+/// Events after `after` (of one workflow, or of all; of one workspace, or of all), oldest
+/// first, at most `limit`, each with its workflow's workspace.
 pub(super) async fn events_after(
     conn: &mut SqliteConnection,
-    workflow_id: Option<&str>,
+    scope: EventScope<'_>,
     after: i64,
     limit: u32,
-) -> anyhow::Result<Vec<EventRecord>> {
+) -> anyhow::Result<Vec<LiveEvent>> {
     let rows = sqlx::query(
-        "SELECT id, workflow_id, at, data FROM events \
-         WHERE id > ?1 AND (?2 IS NULL OR workflow_id = ?2) ORDER BY id LIMIT ?3",
+        "SELECT e.id, e.workflow_id, e.at, e.data, w.workspace \
+         FROM events e JOIN workflows w ON w.id = e.workflow_id \
+         WHERE e.id > ?1 AND (?2 IS NULL OR e.workflow_id = ?2) \
+           AND (?4 IS NULL OR w.workspace = ?4) \
+         ORDER BY e.id LIMIT ?3",
     )
     .bind(after)
-    .bind(workflow_id)
+    .bind(scope.workflow)
     .bind(limit as i64)
+    .bind(scope.workspace)
     .fetch_all(&mut *conn)
     .await
     .context("reading events")?;
-    rows.iter().map(record_from_row).collect()
+    rows.iter()
+        .map(|row| Ok(LiveEvent::new(record_from_row(row)?, row.get("workspace"))))
+        .collect()
+}
+
+/// The workspace a workflow belongs to, `None` if there is no such workflow.
+pub(super) async fn workspace_of(
+    conn: &mut SqliteConnection,
+    id: &str,
+) -> anyhow::Result<Option<String>> {
+    sqlx::query_scalar("SELECT workspace FROM workflows WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("reading a workflow's workspace")
 }
 
 /// The newest event id of the whole log (0 when empty).

@@ -50,18 +50,25 @@ pub struct Change {
 }
 
 impl Change {
-    /// The change that creates a workflow: a new id (`wf_…`) and its `workflow.created`.
+    /// The change that creates a workflow in `workspace`: a new id (`wf_…`) and its
+    /// `workflow.created`.
     pub fn created(
         spec: cairn::ValidSpec,
         by: Option<String>,
+        workspace: &str,
         idempotency: Option<(String, String)>,
     ) -> Self {
+        let workspace = (workspace != cairn::DEFAULT_WORKSPACE).then(|| workspace.to_string());
         Self {
             workflow_id: format!("wf_{}", uuid::Uuid::new_v4().simple()),
             fence: None,
             events: vec![Stamped {
                 at: chrono::Utc::now(),
-                event: Event::WorkflowCreated { spec, by },
+                event: Event::WorkflowCreated {
+                    spec,
+                    by,
+                    workspace,
+                },
             }],
             outputs: Vec::new(),
             idempotency,
@@ -119,6 +126,17 @@ pub struct ListQuery {
     pub limit: u32,
     /// Only workflows created before this one (pagination cursor: the last id of a page).
     pub before: Option<String>,
+    /// Only this workspace's (`None`: every workspace's).
+    pub workspace: Option<String>,
+}
+
+/// Which events a read of the log returns.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EventScope<'a> {
+    /// Only this workflow's (`None`: every workflow's).
+    pub workflow: Option<&'a str>,
+    /// Only this workspace's (`None`: every workspace's).
+    pub workspace: Option<&'a str>,
 }
 
 /// A workflow this engine has just taken a lease on.
@@ -140,13 +158,19 @@ pub struct LiveEvent {
     pub record: EventRecord,
     /// `record` as JSON.
     pub json: String,
+    /// The workspace of its workflow: a stream shows it only to that workspace.
+    pub workspace: String,
 }
 
 impl LiveEvent {
-    /// Wraps a record, encoding it.
-    pub fn new(record: EventRecord) -> Self {
+    /// Wraps a record of a workflow of `workspace`, encoding it.
+    pub fn new(record: EventRecord, workspace: String) -> Self {
         let json = serde_json::to_string(&record).unwrap_or_default();
-        Self { record, json }
+        Self {
+            record,
+            json,
+            workspace,
+        }
     }
 }
 

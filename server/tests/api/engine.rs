@@ -40,7 +40,7 @@ crate::both_backends!(
 
 async fn create(store: &Store, spec: serde_json::Value) -> String {
     let spec = cairn::parse_spec_value(&spec, &ParseOptions::default()).unwrap();
-    let change = Change::created(spec, None, None);
+    let change = Change::created(spec, None, cairn::DEFAULT_WORKSPACE, None);
     let id = change.workflow_id.clone();
     let out = store.commit(vec![change]).await.unwrap();
     assert!(matches!(out[0], Outcome::Committed { .. }));
@@ -231,7 +231,7 @@ async fn a_chain_created_through_the_engine_costs_four_checkpoints(db: Db) {
         &ParseOptions::default(),
     )
     .unwrap();
-    let change = Change::created(spec, None, None);
+    let change = Change::created(spec, None, cairn::DEFAULT_WORKSPACE, None);
     let id = change.workflow_id.clone();
     let creating = tokio::spawn(async move { handle.create(change).await });
     while !creating.is_finished() {

@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, time::Duration};
 use cairn::{Event, ParseOptions};
 use chrono::Utc;
 use serde_json::json;
-use server::store::{Change, ListQuery, Outcome, Pruned, Rejection, Stamped, Store};
+use server::store::{Change, EventScope, ListQuery, Outcome, Pruned, Rejection, Stamped, Store};
 
 use crate::pg::TestDb;
 
@@ -82,6 +82,8 @@ crate::both_backends!(
     the_workspace_snapshot_and_the_log_agree,
     only_one_instance_claims_a_workflow,
     pruning_deletes_exactly_the_old_finished_workflows_with_all_they_own,
+    workspaces_keep_lists_streams_and_lookups_apart,
+    tokens_are_stored_as_hashes_and_revoked_once,
 );
 
 fn spec(steps: serde_json::Value) -> cairn::ValidSpec {
@@ -92,6 +94,7 @@ async fn create(store: &Store) -> String {
     let change = Change::created(
         spec(json!({ "id": "a", "role": "architect", "task": "A" })),
         None,
+        cairn::DEFAULT_WORKSPACE,
         None,
     );
     let id = change.workflow_id.clone();
@@ -145,6 +148,7 @@ async fn an_idempotency_key_answers_every_instance_with_the_first_workflow(db: D
         Change::created(
             spec(json!({ "id": "a", "role": "architect", "task": "A" })),
             None,
+            cairn::DEFAULT_WORKSPACE,
             Some(("key-1".into(), hash.into())),
         )
     };
@@ -177,7 +181,11 @@ async fn an_idempotency_key_answers_every_instance_with_the_first_workflow(db: D
 async fn a_stale_or_unknown_change_is_refused_and_leaves_no_trace(db: Db) {
     let store = db.store().await;
     let id = create(&store).await;
-    let before = store.events_after(None, 0, 100).await.unwrap().len();
+    let before = store
+        .events_after(EventScope::default(), 0, 100)
+        .await
+        .unwrap()
+        .len();
     let out = store
         .commit(vec![
             // Does not fit: a workflow that never started cannot complete.
@@ -197,7 +205,10 @@ async fn a_stale_or_unknown_change_is_refused_and_leaves_no_trace(db: Db) {
         Outcome::Rejected(Rejection::UnknownWorkflow)
     ));
     assert!(matches!(out[2], Outcome::Committed { .. }));
-    let log = store.events_after(None, 0, 100).await.unwrap();
+    let log = store
+        .events_after(EventScope::default(), 0, 100)
+        .await
+        .unwrap();
     assert_eq!(log.len(), before + 1);
     let ids: Vec<i64> = log.iter().map(|e| e.id).collect();
     assert_eq!(ids, (1..=log.len() as i64).collect::<Vec<_>>(), "no gaps");
@@ -250,8 +261,11 @@ async fn the_workspace_snapshot_and_the_log_agree(db: Db) {
     for _ in 0..3 {
         ids.push(create(&store).await);
     }
-    let (last, list) = store.workspace_snapshot(10).await.unwrap();
-    let log = store.events_after(None, 0, 100).await.unwrap();
+    let (last, list) = store.workspace_snapshot(10, None).await.unwrap();
+    let log = store
+        .events_after(EventScope::default(), 0, 100)
+        .await
+        .unwrap();
     assert_eq!(last, log.last().unwrap().id);
     assert_eq!(list.len(), 3);
     // Newest first, and pages continue where they stop.
@@ -265,6 +279,7 @@ async fn the_workspace_snapshot_and_the_log_agree(db: Db) {
             limit: 10,
             before: Some(ids[2].clone()),
             status: None,
+            workspace: None,
         })
         .await
         .unwrap();
@@ -327,7 +342,10 @@ async fn racing_writers_never_hide_an_event_from_a_tailing_reader() {
             let mut seen = Vec::with_capacity(total);
             let mut cursor = 0;
             while seen.len() < total {
-                let page = reader.events_after(None, cursor, 97).await.unwrap();
+                let page = reader
+                    .events_after(EventScope::default(), cursor, 97)
+                    .await
+                    .unwrap();
                 for e in page {
                     seen.push(e.id);
                     cursor = e.id;
@@ -350,6 +368,7 @@ async fn racing_writers_never_hide_an_event_from_a_tailing_reader() {
                         )
                         .unwrap(),
                         None,
+                        cairn::DEFAULT_WORKSPACE,
                         None,
                     )
                 });
@@ -571,6 +590,7 @@ async fn pruning_deletes_exactly_the_old_finished_workflows_with_all_they_own(db
     let keyed = Change::created(
         spec(json!({ "id": "a", "role": "architect", "task": "A" })),
         None,
+        cairn::DEFAULT_WORKSPACE,
         Some(("key-1".into(), "hash-1".into())),
     );
     let done = keyed.workflow_id.clone();
@@ -632,6 +652,7 @@ async fn pruning_deletes_exactly_the_old_finished_workflows_with_all_they_own(db
     let again = Change::created(
         spec(json!({ "id": "a", "role": "architect", "task": "A" })),
         None,
+        cairn::DEFAULT_WORKSPACE,
         Some(("key-1".into(), "hash-1".into())),
     );
     let out = store.commit(vec![again]).await.unwrap();
@@ -644,4 +665,122 @@ async fn pruning_deletes_exactly_the_old_finished_workflows_with_all_they_own(db
         .await
         .unwrap();
     assert_eq!(list.len(), 3);
+}
+
+async fn workspaces_keep_lists_streams_and_lookups_apart(db: Db) {
+    let store = db.store().await;
+    let mut made = Vec::new();
+    for workspace in ["team-a", "team-b", cairn::DEFAULT_WORKSPACE] {
+        let change = Change::created(
+            spec(json!({ "id": "a", "role": "architect", "task": "A" })),
+            None,
+            workspace,
+            None,
+        );
+        let id = change.workflow_id.clone();
+        let out = store.commit(vec![change]).await.unwrap();
+        let Outcome::Committed { state, .. } = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(state.workspace, workspace);
+        made.push(id);
+    }
+    let (a, b, default) = (&made[0], &made[1], &made[2]);
+    // The workflow knows its workspace, from its first event.
+    assert_eq!(store.load(a).await.unwrap().unwrap().workspace, "team-a");
+    assert_eq!(
+        store.workspace_of(b).await.unwrap().as_deref(),
+        Some("team-b")
+    );
+    assert_eq!(store.workspace_of("wf_nope").await.unwrap(), None);
+    // Lists and snapshots of a workspace hold its workflows only.
+    let q = ListQuery {
+        limit: 10,
+        workspace: Some("team-a".into()),
+        ..ListQuery::default()
+    };
+    let ids: Vec<String> = store
+        .list(&q)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, vec![a.clone()]);
+    let (_, snap) = store.workspace_snapshot(10, Some("team-b")).await.unwrap();
+    assert_eq!(snap.iter().map(|s| &s.id).collect::<Vec<_>>(), vec![b]);
+    let (_, all) = store.workspace_snapshot(10, None).await.unwrap();
+    assert_eq!(all.len(), 3);
+    // The log too: each event carries its workspace, and a scope filters on it.
+    let scope = EventScope {
+        workflow: None,
+        workspace: Some(cairn::DEFAULT_WORKSPACE),
+    };
+    let events = store.events_after(scope, 0, 100).await.unwrap();
+    assert!(!events.is_empty());
+    assert!(
+        events
+            .iter()
+            .all(|e| &e.workflow_id == default && e.workspace == "default")
+    );
+    let every = store
+        .events_after(EventScope::default(), 0, 100)
+        .await
+        .unwrap();
+    let spaces: BTreeSet<&str> = every.iter().map(|e| e.workspace.as_str()).collect();
+    assert_eq!(spaces, BTreeSet::from(["default", "team-a", "team-b"]));
+}
+
+async fn tokens_are_stored_as_hashes_and_revoked_once(db: Db) {
+    use server::auth::{self, Scope, TokenInfo};
+    let store = db.store().await;
+    assert!(!store.has_tokens().await.unwrap());
+    let new = auth::mint().unwrap();
+    let created_at = Utc::now();
+    let info = TokenInfo {
+        id: new.id.clone(),
+        workspace: "team-a".into(),
+        label: "ann's laptop".into(),
+        scope: Scope::Run,
+        created_at,
+        expires_at: Some(created_at + chrono::Duration::days(30)),
+        revoked_at: None,
+    };
+    store.create_token(&info, &new.hash).await.unwrap();
+    assert!(store.has_tokens().await.unwrap());
+    let (stored, hash) = store.token(&new.id).await.unwrap().unwrap();
+    assert!(auth::matches(&new.token, &hash));
+    assert!(!hash.contains(&new.token), "only a hash is stored");
+    assert_eq!(stored.label, "ann's laptop");
+    assert_eq!(stored.scope, Scope::Run);
+    assert_eq!(stored.state(Utc::now()), "active");
+    assert_eq!(
+        stored.expires_at.unwrap().timestamp(),
+        info.expires_at.unwrap().timestamp()
+    );
+    let first = store
+        .revoke_token(&new.id, Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.state(Utc::now()), "revoked");
+    let again = store
+        .revoke_token(&new.id, Utc::now() + chrono::Duration::hours(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        again.revoked_at, first.revoked_at,
+        "revoking twice keeps the first time"
+    );
+    assert!(
+        store
+            .revoke_token("nope", Utc::now())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(store.tokens().await.unwrap().len(), 1);
+    // A revoked token still counts: the server stays closed.
+    assert!(store.has_tokens().await.unwrap());
 }

@@ -34,7 +34,11 @@ fn events_that_do_not_fit_are_refused_and_change_nothing() {
         error: "e".into(),
     });
     let spec = h.state.spec.clone().unwrap();
-    h.refused(Event::WorkflowCreated { spec, by: None });
+    h.refused(Event::WorkflowCreated {
+        spec,
+        by: None,
+        workspace: None,
+    });
     h.ok(Event::WorkflowStarted {});
     h.refused(Event::WorkflowStarted {});
     h.refused(start("implement", 1));
@@ -220,7 +224,16 @@ fn apply_errors_read_well() {
 fn a_hand_made_spec_with_duplicate_ids_is_refused() {
     let mut spec = parse_spec_value(&chain(), &ParseOptions::default()).unwrap();
     spec.steps[1].id = "design".into();
-    let rec = EventRecord::new(1, WF, t0(), Event::WorkflowCreated { spec, by: None });
+    let rec = EventRecord::new(
+        1,
+        WF,
+        t0(),
+        Event::WorkflowCreated {
+            spec,
+            by: None,
+            workspace: None,
+        },
+    );
     assert!(WorkflowState::new(WF).apply(&rec).is_err());
 }
 

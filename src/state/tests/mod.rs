@@ -36,6 +36,7 @@ impl Harness {
         h.ok(Event::WorkflowCreated {
             spec,
             by: Some("ann".into()),
+            workspace: None,
         });
         h
     }

@@ -63,18 +63,33 @@ pub(super) async fn follow(
     let mut lost_since: Option<tokio::time::Instant> = None;
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     loop {
-        let resp = http
+        let mut req = http
             .get(&url)
             .header("accept", "text/event-stream")
-            .header("last-event-id", last.to_string())
-            .send()
-            .await;
+            .header("last-event-id", last.to_string());
+        for (k, v) in api.credentials() {
+            req = req.header(k, v);
+        }
+        let resp = req.send().await;
         let resp = match resp {
             Ok(r) if r.status().is_success() => r,
             Ok(r) if r.status().as_u16() == 404 => {
                 return Err(Failure {
                     exit: exit::FAILED,
                     message: format!("no workflow {id:?} on {}", api.base()),
+                });
+            }
+            // A token refused (missing, revoked, expired, too small) stays refused.
+            Ok(r) if matches!(r.status().as_u16(), 401 | 403) => {
+                let status = r.status();
+                let body = r.bytes().await.unwrap_or_default();
+                let message = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| status.to_string());
+                return Err(Failure {
+                    exit: exit::FAILED,
+                    message: format!("{message} (set CAIRN_TOKEN)"),
                 });
             }
             other => {

@@ -37,6 +37,17 @@ pub struct Remote {
     /// Print JSON for scripts: one document, or one line per event when following.
     #[arg(long)]
     pub json: bool,
+    /// The token to call the server with (`cairn token create` makes one); a server without
+    /// tokens needs none.
+    #[arg(long, env = "CAIRN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl Remote {
+    /// The server's API, called with the token if there is one.
+    pub fn api(&self) -> Api {
+        Api::remote(&self.server).with_token(self.token.as_deref())
+    }
 }
 
 /// A command's failure: one sentence and the exit status.
@@ -64,9 +75,13 @@ impl From<ApiFailure> for Failure {
             ApiFailure::Refused(r) if r.status == 422 || r.status == 400 => exit::USAGE,
             _ => exit::FAILED,
         };
+        let hint = match f.status() {
+            Some(401) => " (set CAIRN_TOKEN to a token of this server)",
+            _ => "",
+        };
         Self {
             exit,
-            message: f.to_string(),
+            message: format!("{f}{hint}"),
         }
     }
 }
@@ -157,7 +172,7 @@ fn read_spec(path: &str, inputs: &[(String, String)]) -> Result<Value, Failure> 
 /// `cairn run SPEC`.
 pub async fn run(args: RunArgs) -> Outcome {
     let spec = read_spec(&args.spec, &args.inputs)?;
-    let api = Api::remote(&args.remote.server);
+    let api = args.remote.api();
     let started = api.start(&spec, args.idempotency_key.as_deref()).await?;
     let id = started["id"].as_str().unwrap_or_default().to_string();
     if !args.follow {
@@ -190,7 +205,7 @@ fn ended(state: &WorkflowState) -> u8 {
 
 /// `cairn ls`.
 pub async fn ls(status: Option<String>, limit: u32, remote: Remote) -> Outcome {
-    let api = Api::remote(&remote.server);
+    let api = remote.api();
     let list: Vec<WorkflowSummary> = api.list(status.as_deref(), limit).await?;
     if remote.json {
         println!("{}", serde_json::to_string(&list).unwrap_or_default());
@@ -226,7 +241,7 @@ pub async fn ls(status: Option<String>, limit: u32, remote: Remote) -> Outcome {
 
 /// `cairn status ID`.
 pub async fn status(id: String, remote: Remote) -> Outcome {
-    let api = Api::remote(&remote.server);
+    let api = remote.api();
     let state = api.workflow(&id).await?;
     if remote.json {
         println!("{}", serde_json::to_string(&state).unwrap_or_default());
@@ -238,7 +253,7 @@ pub async fn status(id: String, remote: Remote) -> Outcome {
 
 /// `cairn logs ID [STEP] [--follow]`.
 pub async fn logs(id: String, step: Option<String>, follow_it: bool, remote: Remote) -> Outcome {
-    let api = Api::remote(&remote.server);
+    let api = remote.api();
     let state = api.workflow(&id).await?;
     if let Some(step) = &step
         && state.step(step).is_none()
@@ -275,7 +290,7 @@ pub async fn logs(id: String, step: Option<String>, follow_it: bool, remote: Rem
 
 /// `cairn resume|cancel|retry|skip`.
 pub async fn control(id: String, control: ControlRequest, remote: Remote) -> Outcome {
-    let api = Api::remote(&remote.server);
+    let api = remote.api();
     let state = api.control(&id, &control).await?;
     if remote.json {
         println!("{}", serde_json::to_string(&state).unwrap_or_default());

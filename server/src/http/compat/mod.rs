@@ -31,6 +31,7 @@ use serde_json::{Map, Value, json};
 
 use super::{
     ApiError, AppState, ErrorDetail,
+    auth::Caller,
     workflows::{create, parse_options},
 };
 
@@ -68,10 +69,11 @@ pub fn streams() -> Router<AppState> {
         (status = 422, description = "Not a valid workflow", body = super::openapi::ErrorBody)))]
 async fn invoke_async(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = start(&state, &headers, body, Wrapped::Always).await?;
+    let id = start(&state, &caller, &headers, body, Wrapped::Always).await?;
     Ok(Json(json!({ "threadId": id, "status": "started" })))
 }
 
@@ -84,10 +86,11 @@ async fn invoke_async(
         (status = 422, description = "Not a valid workflow", body = super::openapi::ErrorBody)))]
 async fn execute_dag(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = start(&state, &headers, body, Wrapped::Maybe).await?;
+    let id = start(&state, &caller, &headers, body, Wrapped::Maybe).await?;
     Ok(Json(json!({ "executionId": id, "status": "started" })))
 }
 
@@ -103,6 +106,7 @@ enum Wrapped {
 /// workflow as `POST /api/workflows` does, with the same idempotency key header.
 async fn start(
     state: &AppState,
+    caller: &Caller,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     wrapped: Wrapped,
@@ -159,7 +163,7 @@ async fn start(
         .and_then(|v| v.to_str().ok())
         .filter(|k| !k.is_empty() && k.len() <= 255)
         .map(str::to_string);
-    let (id, _, _) = create(state, spec, key, &body).await?;
+    let (id, _, _) = create(state, caller, spec, key, &body).await?;
     Ok(id)
 }
 

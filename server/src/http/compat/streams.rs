@@ -365,7 +365,7 @@ async fn translated(
     translate: fn(&mut Translator, &EventRecord) -> Vec<Out>,
 ) -> Result<impl Stream<Item = Frame> + Send + use<>, ApiError> {
     let after = from.read_after();
-    let feed = Feed::subscribe(&state.store, Some(id.to_string())).after(after);
+    let feed = Feed::subscribe(&state.store, Some(id.to_string()), None).after(after);
     if state.store.load(id).await?.is_none() {
         return Err(ApiError::NotFound(format!("no workflow {id:?}")));
     }
