@@ -166,10 +166,9 @@ impl Engine {
         let (state, fence) = match self.owned.get(workflow_id) {
             Some(o) => (o.state.clone(), Some(o.fence.clone())),
             None => (
-                self.store
-                    .load(workflow_id)
-                    .await?
-                    .ok_or_else(|| ControlError::NotFound("no such workflow".into()))?,
+                self.store.load(workflow_id).await?.ok_or_else(|| {
+                    ControlError::NotFound(format!("no workflow {workflow_id:?}"))
+                })?,
                 None,
             ),
         };
@@ -237,9 +236,9 @@ impl Engine {
             Some(Outcome::Rejected(Rejection::Unstorable(reason))) => Err(ControlError::Conflict(
                 format!("the change cannot be stored: {reason}"),
             )),
-            Some(Outcome::Rejected(Rejection::UnknownWorkflow)) => {
-                Err(ControlError::NotFound("no such workflow".into()))
-            }
+            Some(Outcome::Rejected(Rejection::UnknownWorkflow)) => Err(ControlError::NotFound(
+                format!("no workflow {workflow_id:?}"),
+            )),
             Some(Outcome::Rejected(other)) => Err(ControlError::Conflict(format!(
                 "the workflow changed meanwhile ({other}); try again"
             ))),

@@ -1,6 +1,7 @@
 //! Integration tests: the real server on port 0 against a fresh SQLite file (or a fresh
 //! Postgres database), spoken to over HTTP; and the real `cairn` binary for what only a process shows (signals, exit codes).
 
+mod auth;
 mod binary;
 mod cli;
 mod crash;
