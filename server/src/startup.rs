@@ -80,7 +80,7 @@ impl Application {
         let streams = StreamLimits::new(sse.max_streams, sse.max_streams_per_client);
         let state = AppState {
             leptos_options,
-            auth: crate::http::auth::Auth::new(store.clone()),
+            auth: crate::http::auth::Auth::new(store.clone(), config.engine.sse.heartbeat),
             store,
             engine: engine_handle,
             streams,

@@ -86,16 +86,19 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 #[derive(Clone)]
 pub struct Auth {
     store: Store,
+    /// How often an open stream checks that its token still works.
+    stream_recheck: Duration,
     /// Once a token exists, always true: revoking every token does not open the server.
     required: Arc<AtomicBool>,
     checked_open_at: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Auth {
-    /// The check over `store`'s tokens.
-    pub fn new(store: Store) -> Self {
+    /// The check over `store`'s tokens; open streams check theirs every `stream_recheck`.
+    pub fn new(store: Store, stream_recheck: Duration) -> Self {
         Self {
             store,
+            stream_recheck,
             required: Arc::new(AtomicBool::new(false)),
             checked_open_at: Arc::new(Mutex::new(None)),
         }
@@ -147,6 +150,19 @@ impl Auth {
                 token: Some(info.id),
                 by_cookie,
             }),
+        }
+    }
+
+    /// Resolves once the token `id` no longer works (revoked, expired or deleted), looking
+    /// every `stream_recheck`; a database that does not answer is no reason to end a stream.
+    async fn until_invalid(self, id: String) {
+        loop {
+            tokio::time::sleep(self.stream_recheck).await;
+            match self.store.token(&id).await {
+                Ok(Some((info, _))) if info.state(chrono::Utc::now()) == "active" => {}
+                Ok(_) => return,
+                Err(_) => {}
+            }
         }
     }
 
@@ -224,11 +240,32 @@ pub async fn authenticate(State(auth): State<Auth>, mut req: Request, next: Next
     }
     match admit(&auth, req.method(), req.uri().path(), req.headers()).await {
         Ok(caller) => {
+            let token = caller.token.clone();
             req.extensions_mut().insert(caller);
-            next.run(req).await
+            let resp = next.run(req).await;
+            match token {
+                Some(id) if is_stream(&resp) => end_when_invalid(resp, auth.until_invalid(id)),
+                _ => resp,
+            }
         }
         Err(e) => e.into_response(),
     }
+}
+
+fn is_stream(resp: &Response) -> bool {
+    resp.headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+}
+
+/// A stream opened with a token ends when the token is revoked or expires (the client's
+/// reconnect is then refused), not only at `[sse] max_age_ms`.
+fn end_when_invalid(
+    resp: Response,
+    invalid: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Response {
+    use futures::StreamExt;
+    resp.map(|body| axum::body::Body::from_stream(body.into_data_stream().take_until(invalid)))
 }
 
 async fn admit(

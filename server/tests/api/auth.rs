@@ -870,3 +870,54 @@ async fn the_command_line_and_mcp_clients_send_their_token() {
     let resp = send(&app, Method::POST, "/mcp", None).await;
     assert_eq!(resp.status(), 401);
 }
+
+#[tokio::test]
+async fn an_open_stream_ends_when_its_token_is_revoked() {
+    use futures::StreamExt;
+    let app = spawn_app_with("[sse]\nheartbeat_ms = 200\n").await;
+    let t = token(&app, "team-a", "wall-screen", "read").await;
+    let keep = token(&app, "team-a", "other", "read").await;
+    wait_closed(&app).await;
+    let open = |t: String| {
+        app.client
+            .get(format!("{}/api/events", app.address))
+            .bearer_auth(t)
+            .send()
+    };
+    let doomed = open(t.clone()).await.unwrap();
+    let kept = open(keep).await.unwrap();
+    assert_eq!(doomed.status(), 200);
+    let url = db_url(&app);
+    let listed = cairn(&["token", "list", "--json", "--database-url", &url], &[]).await;
+    let list: Value = serde_json::from_str(&listed.stdout).unwrap();
+    let id = list["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["label"] == "wall-screen")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        cairn(&["token", "revoke", &id, "--database-url", &url], &[])
+            .await
+            .code,
+        0
+    );
+    // The revoked token's stream ends (its body runs out) within a few heartbeats.
+    let mut body = doomed.bytes_stream();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = body.next().await {
+            if chunk.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream of a revoked token kept going");
+    // The other token's stream is still open: it still gets heartbeats.
+    let mut other = kept.bytes_stream();
+    let beat = tokio::time::timeout(Duration::from_secs(5), other.next()).await;
+    assert!(matches!(beat, Ok(Some(Ok(_)))), "{beat:?}");
+}
