@@ -22,6 +22,9 @@ cleanup() {
 }
 trap cleanup EXIT
 { cat cairn.toml; printf '\n[http]\nwrites_per_second = 0\n'; } > "$dir/cairn.toml"
+# With a token, as a team runs it: every request passes the token and workspace checks.
+token=$(target/release/cairn token create --workspace fuzz --label schemathesis \
+  --database-url "sqlite://$dir/fuzz.db" 2>/dev/null)
 target/release/cairn serve --addr 127.0.0.1:0 --database-url "sqlite://$dir/fuzz.db" \
   --config "$dir/cairn.toml" --log warn,server=info > "$dir/server.log" 2>&1 &
 server=$!
@@ -40,6 +43,7 @@ fi
 # Streams never end by themselves, so they are left out; everything else is fuzzed.
 "$venv/bin/st" run "$url/api/openapi.json" \
   --checks not_a_server_error \
+  --header "Authorization: Bearer $token" \
   --exclude-path-regex '/events$' \
   --max-examples "${CAIRN_FUZZ_EXAMPLES:-100}" \
   --generation-deterministic \

@@ -27,7 +27,7 @@ pub struct Health {
 }
 
 /// Is this instance up, and can it reach its database?
-#[utoipa::path(get, path = "/api/health", tag = "operations",
+#[utoipa::path(get, path = "/api/health", tag = "operations", security(()),
     responses((status = 200, description = "Up", body = Health),
         (status = 503, description = "The database does not answer", body = Health)))]
 pub(super) async fn health(State(state): State<AppState>) -> impl IntoResponse {

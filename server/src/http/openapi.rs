@@ -108,9 +108,33 @@ pub struct ExecutionBody {
         (name = "streams", description = "Live events (SSE)"),
         (name = "compatible", description = "The endpoints of the system cairn replaces"),
         (name = "operations", description = "Health"),
-    )
+    ),
+    modifiers(&BearerTokens),
+    security(("bearer" = []))
 )]
 struct Api;
+
+/// Every route takes `Authorization: Bearer cairn_…` once the server has tokens (a server
+/// without any is open, on loopback only); `/api/health` never needs one.
+struct BearerTokens;
+
+impl utoipa::Modify for BearerTokens {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                Http::builder()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A token from `cairn token create` (scopes read, run, admin)",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// `GET /api/openapi.json`.
 pub async fn document() -> Json<utoipa::openapi::OpenApi> {

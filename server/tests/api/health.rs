@@ -93,4 +93,14 @@ async fn the_openapi_document_describes_the_json_api() {
     let start = &paths["/api/workflows"]["post"];
     assert!(start["responses"]["422"].is_object());
     assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+    // Clients generated from it send a bearer token; the health check needs none.
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    assert_eq!(doc["security"][0]["bearer"], serde_json::json!([]));
+    assert_eq!(
+        paths["/api/health"]["get"]["security"],
+        serde_json::json!([{}])
+    );
 }
