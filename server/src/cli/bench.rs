@@ -56,6 +56,8 @@ pub enum Workload {
     BigOutput,
     /// Programs that print without end, or far past `max_output_bytes`.
     Runaway,
+    /// C clients reading snapshots, on the open server and then with a token.
+    Reads,
 }
 
 /// Where a benchmark stores.
@@ -94,9 +96,9 @@ pub struct BenchArgs {
     /// Parallel steps of `fanout`.
     #[arg(long, default_value_t = 100)]
     pub width: usize,
-    /// Streaming clients of `sse`.
-    #[arg(long, default_value_t = 1000)]
-    pub clients: usize,
+    /// Streaming clients of `sse` (default 1000), reading clients of `reads` (default 8).
+    #[arg(long)]
+    pub clients: Option<usize>,
     /// The first step's output in `big-output`, in bytes.
     #[arg(long, default_value_t = 5_000_000)]
     pub output_bytes: usize,
@@ -129,12 +131,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Workload::Fanout => fanout(&db, args.width).await,
         Workload::Resume => resume(&db, args.n.unwrap_or(200)).await,
         Workload::Sse => {
-            super::bench_sse::run(dir.path(), args.clients, args.n.unwrap_or(20)).await
+            let clients = args.clients.unwrap_or(1000);
+            super::bench_sse::run(dir.path(), clients, args.n.unwrap_or(20)).await
         }
         Workload::BigOutput => {
             big_output(dir.path(), args.n.unwrap_or(21), args.output_bytes).await
         }
         Workload::Runaway => runaway(&db).await,
+        Workload::Reads => {
+            let clients = args.clients.unwrap_or(8);
+            super::bench_reads::run(dir.path(), clients, args.n.unwrap_or(20)).await
+        }
     };
     target.drop_database().await;
     let result = result?;

@@ -1,6 +1,7 @@
 //! The `cairn` command line.
 
 pub mod bench;
+mod bench_reads;
 mod bench_sse;
 pub mod remote;
 mod token;
