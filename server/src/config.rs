@@ -30,7 +30,12 @@ pub struct ServeArgs {
 
     /// Database: `sqlite://PATH` (created if missing), or `postgres://USER@HOST/DATABASE`
     /// (several instances may share it; `?schema=NAME` picks the schema, default `cairn`).
-    #[arg(long, env = "CAIRN_DATABASE_URL", default_value = "sqlite://cairn.db")]
+    #[arg(
+        long,
+        env = "CAIRN_DATABASE_URL",
+        hide_env_values = true,
+        default_value = "sqlite://cairn.db"
+    )]
     pub database_url: String,
 
     /// The TOML file binding roles to runners. Default: `cairn.toml` in the working directory

@@ -116,7 +116,12 @@ enum Command {
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10000))]
         batch: u32,
         /// The database, as for `serve`.
-        #[arg(long, env = "CAIRN_DATABASE_URL", default_value = "sqlite://cairn.db")]
+        #[arg(
+            long,
+            env = "CAIRN_DATABASE_URL",
+            hide_env_values = true,
+            default_value = "sqlite://cairn.db"
+        )]
         database_url: String,
     },
     /// An MCP server on stdin/stdout for agents that spawn one, over a cairn server's API.

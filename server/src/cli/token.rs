@@ -26,7 +26,12 @@ pub enum TokenCommand {
         #[arg(long, value_parser = super::parse_age)]
         expires: Option<std::time::Duration>,
         /// The server's database, as for `serve`.
-        #[arg(long, env = "CAIRN_DATABASE_URL", default_value = "sqlite://cairn.db")]
+        #[arg(
+            long,
+            env = "CAIRN_DATABASE_URL",
+            hide_env_values = true,
+            default_value = "sqlite://cairn.db"
+        )]
         database_url: String,
     },
     /// List tokens (never the tokens themselves).
@@ -35,7 +40,12 @@ pub enum TokenCommand {
         #[arg(long)]
         json: bool,
         /// The server's database, as for `serve`.
-        #[arg(long, env = "CAIRN_DATABASE_URL", default_value = "sqlite://cairn.db")]
+        #[arg(
+            long,
+            env = "CAIRN_DATABASE_URL",
+            hide_env_values = true,
+            default_value = "sqlite://cairn.db"
+        )]
         database_url: String,
     },
     /// Revoke a token by its id (from `list`): its next request is refused.
@@ -43,7 +53,12 @@ pub enum TokenCommand {
         /// The token's id.
         id: String,
         /// The server's database, as for `serve`.
-        #[arg(long, env = "CAIRN_DATABASE_URL", default_value = "sqlite://cairn.db")]
+        #[arg(
+            long,
+            env = "CAIRN_DATABASE_URL",
+            hide_env_values = true,
+            default_value = "sqlite://cairn.db"
+        )]
         database_url: String,
     },
 }

@@ -790,6 +790,7 @@ async fn the_command_line_and_mcp_clients_send_their_token() {
     let app = spawn_app().await;
     let run = token(&app, "team-a", "agent", "run").await;
     let read = token(&app, "team-a", "viewer", "read").await;
+    let other = token(&app, "team-b", "stranger", "run").await;
     wait_closed(&app).await;
     let server = [("CAIRN_SERVER", app.address.as_str())];
 
@@ -866,6 +867,35 @@ async fn the_command_line_and_mcp_clients_send_their_token() {
     assert_ne!(status.is_error, Some(true), "{status:?}");
     viewer.cancel().await.unwrap();
 
+    // Another workspace's agent cannot see it, nor find it in its monitor.
+    let stranger = connect(other).await;
+    let call = |name: &'static str, args: Value| {
+        stranger.call_tool(
+            CallToolRequestParams::new(name).with_arguments(args.as_object().unwrap().clone()),
+        )
+    };
+    let hidden = call("invoke_status", json!({ "threadId": thread }))
+        .await
+        .unwrap();
+    assert_eq!(hidden.is_error, Some(true), "{hidden:?}");
+    assert!(
+        format!("{:?}", hidden.content).contains("no workflow"),
+        "{hidden:?}"
+    );
+    let cancel = call("invoke_cancel", json!({ "threadId": thread }))
+        .await
+        .unwrap();
+    assert_eq!(cancel.is_error, Some(true), "{cancel:?}");
+    let monitor = call("workflow_monitor", json!({})).await.unwrap();
+    assert!(
+        !monitor
+            .structured_content
+            .unwrap()
+            .to_string()
+            .contains(&thread)
+    );
+    stranger.cancel().await.unwrap();
+
     // Without a token the MCP endpoint itself refuses.
     let resp = send(&app, Method::POST, "/mcp", None).await;
     assert_eq!(resp.status(), 401);
@@ -920,4 +950,81 @@ async fn an_open_stream_ends_when_its_token_is_revoked() {
     let mut other = kept.bytes_stream();
     let beat = tokio::time::timeout(Duration::from_secs(5), other.next()).await;
     assert!(matches!(beat, Ok(Some(Ok(_)))), "{beat:?}");
+}
+
+#[tokio::test]
+async fn token_commands_work_on_postgres_too() {
+    let db = crate::pg::TestDb::new().await;
+    let url = db.url.clone();
+    let made = cairn(
+        &[
+            "token",
+            "create",
+            "--workspace",
+            "ops",
+            "--label",
+            "pg",
+            "--scope",
+            "admin",
+            "--database-url",
+            &url,
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(made.code, 0, "{}", made.stderr);
+    let token = made.stdout.trim().to_string();
+    let listed = cairn(&["token", "list", "--json", "--database-url", &url], &[]).await;
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    let list: Value = serde_json::from_str(&listed.stdout).unwrap();
+    let row = &list["tokens"][0];
+    assert_eq!(
+        (row["label"].as_str(), row["scope"].as_str()),
+        (Some("pg"), Some("admin"))
+    );
+    assert!(!listed.stdout.contains(&token));
+    let id = row["id"].as_str().unwrap();
+    let revoked = cairn(&["token", "revoke", id, "--database-url", &url], &[]).await;
+    assert_eq!(revoked.code, 0, "{}", revoked.stderr);
+    let listed = cairn(&["token", "list", "--json", "--database-url", &url], &[]).await;
+    assert!(listed.stdout.contains("\"revoked\""), "{}", listed.stdout);
+    // Bad input is a message, not a stored row.
+    for bad in [
+        vec![
+            "token",
+            "create",
+            "--workspace",
+            "Not A Name",
+            "--database-url",
+            &url,
+        ],
+        vec![
+            "token",
+            "create",
+            "--workspace",
+            "ok",
+            "--scope",
+            "root",
+            "--database-url",
+            &url,
+        ],
+        vec![
+            "token",
+            "create",
+            "--workspace",
+            "ok",
+            "--expires",
+            "soon",
+            "--database-url",
+            &url,
+        ],
+    ] {
+        let ran = cairn(&bad, &[]).await;
+        assert_ne!(ran.code, 0, "{bad:?}");
+        assert!(ran.stdout.is_empty(), "no token printed: {}", ran.stdout);
+        assert!(!ran.stderr.is_empty());
+    }
+    let listed = cairn(&["token", "list", "--json", "--database-url", &url], &[]).await;
+    let list: Value = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(list["tokens"].as_array().unwrap().len(), 1);
 }
