@@ -357,11 +357,32 @@ pub async fn own_workflows_only(
     next.run(req).await
 }
 
-/// Where a sign-in goes afterwards: a path of this server only (never `//other.site`).
+/// Where a sign-in goes afterwards: a path of this server only (never `//other.site`), in
+/// printable ASCII (it becomes a `Location` header).
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_string(),
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.contains('\\')
+                && n.len() <= 2048
+                && n.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            n.to_string()
+        }
         _ => "/".to_string(),
+    }
+}
+
+/// Why a sign-in failed, as the page's `?error=` names it: a fixed word, so a crafted link
+/// cannot make the sign-in page say whatever it likes.
+fn failure_code(why: &str) -> &'static str {
+    if why.contains("revoked") {
+        "revoked"
+    } else if why.contains("expired") {
+        "expired"
+    } else {
+        "invalid"
     }
 }
 
@@ -372,7 +393,12 @@ pub async fn sign_in_page(
 ) -> Response {
     let open = !auth.required().await.unwrap_or(true);
     let html = app::sign_in::page(
-        q.get("error").map(String::as_str),
+        q.get("error").map(|code| match code.as_str() {
+            "revoked" => "this token was revoked",
+            "expired" => "this token has expired",
+            "empty" => "enter a token",
+            _ => "the token is not valid",
+        }),
         &safe_next(q.get("next").map(String::as_str)),
         open,
     );
@@ -397,14 +423,25 @@ pub async fn sign_in(
     State(auth): State<Auth>,
     headers: HeaderMap,
     jar: CookieJar,
-    axum::extract::Form(form): axum::extract::Form<SignIn>,
+    form: Result<axum::extract::Form<SignIn>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     if cross_site(&headers) {
         return ApiError::Forbidden("signing in from another site's page is refused".into())
             .into_response();
     }
+    let back = |code: &str, next: &str| {
+        let to = format!("/sign-in?error={code}&next={}", urlencode(next));
+        (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response()
+    };
+    // A form without a token (or not a form at all) goes back to the page, which says so.
+    let Ok(axum::extract::Form(form)) = form else {
+        return back("empty", "/");
+    };
     let next = safe_next(form.next.as_deref());
     let token = form.token.trim().to_string();
+    if token.is_empty() {
+        return back("empty", &next);
+    }
     match auth.verify(&token, true).await {
         Ok(_) => {
             let cookie = Cookie::build((COOKIE, token))
@@ -415,14 +452,7 @@ pub async fn sign_in(
                 .build();
             (jar.add(cookie), Redirect::to(&next)).into_response()
         }
-        Err(ApiError::Unauthorized(why)) => {
-            let to = format!(
-                "/sign-in?error={}&next={}",
-                urlencode(&why),
-                urlencode(&next)
-            );
-            (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response()
-        }
+        Err(ApiError::Unauthorized(why)) => back(failure_code(&why), &next),
         Err(e) => e.into_response(),
     }
 }
@@ -466,7 +496,14 @@ mod tests {
     #[test]
     fn a_sign_in_only_goes_on_to_this_servers_paths() {
         assert_eq!(safe_next(Some("/workflows/wf_1")), "/workflows/wf_1");
-        for bad in ["//evil.example", "https://evil.example", "/\\evil", "evil"] {
+        for bad in [
+            "//evil.example",
+            "https://evil.example",
+            "/\\evil",
+            "evil",
+            "/a\r\nSet-Cookie: x=1",
+            "/é",
+        ] {
             assert_eq!(safe_next(Some(bad)), "/", "{bad}");
         }
         assert_eq!(safe_next(None), "/");

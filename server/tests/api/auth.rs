@@ -587,7 +587,43 @@ async fn the_browser_signs_in_with_a_cookie_that_streams_carry_and_other_sites_c
         .text()
         .await
         .unwrap();
-    assert!(page.contains("not valid"), "{page}");
+    assert!(to.starts_with("/sign-in?error=invalid&"), "{to}");
+    assert!(page.contains("the token is not valid"), "{page}");
+    // The page says only its own words, whatever a link puts in `error`.
+    let crafted = client
+        .get(url(
+            "/sign-in?error=Paste%20your%20token%20at%20evil.example",
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!crafted.contains("evil.example") && crafted.contains("the token is not valid"));
+    // Clumsy or hostile forms: back to the page, never a server error or a foreign redirect.
+    for body in [
+        "next=%2F".to_string(),
+        "token=&next=%2F".to_string(),
+        "%%%".to_string(),
+        format!("token={a}&next=%2Fa%0D%0ASet-Cookie%3A%20x%3D1"),
+        format!("token={a}&next=https%3A%2F%2Fevil.example"),
+    ] {
+        let resp = client
+            .post(url("/sign-in"))
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 303, "{body}");
+        let to = resp.headers()[header::LOCATION].to_str().unwrap();
+        assert!(
+            to == "/" || to.starts_with("/sign-in?error=empty"),
+            "{body} → {to}"
+        );
+        assert!(!to.contains("evil") && !to.contains('\n'), "{to}");
+    }
 
     // The right one: a session cookie no script can read and no other site sends.
     let resp = client
