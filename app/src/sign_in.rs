@@ -30,7 +30,7 @@ pub fn page(error: Option<&str>, next: &str, open: bool) -> String {
                     </form>
                     <p class="sign-in-help">
                         "Ask whoever runs this server for a token, or make one there with "
-                        <code>"cairn token create --workspace NAME --label YOU"</code> "."
+                        <code>"cairn token create --workspace NAME --label YOU"</code>
                     </p>
                 }
                     .into_any()
