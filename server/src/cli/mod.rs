@@ -115,14 +115,8 @@ enum Command {
         /// Workflows per transaction.
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10000))]
         batch: u32,
-        /// The database, as for `serve`.
-        #[arg(
-            long,
-            env = "CAIRN_DATABASE_URL",
-            hide_env_values = true,
-            default_value = "sqlite://cairn.db"
-        )]
-        database_url: String,
+        #[command(flatten)]
+        database: Database,
     },
     /// An MCP server on stdin/stdout for agents that spawn one, over a cairn server's API.
     Mcp {
@@ -163,10 +157,10 @@ pub async fn main() -> ExitCode {
             older_than,
             dry_run,
             batch,
-            database_url,
+            database,
         } => {
             telemetry::init_stderr("warn");
-            return done(prune(&database_url, older_than, batch, dry_run).await);
+            return done(prune(&database.url, older_than, batch, dry_run).await);
         }
         Command::Run(args) => remote::run(args).await,
         Command::Ls {
@@ -212,6 +206,19 @@ pub async fn main() -> ExitCode {
             ExitCode::from(failure.exit)
         }
     }
+}
+
+/// The server's database, for the commands that work on it directly (no server needed).
+#[derive(Debug, clap::Args)]
+pub struct Database {
+    /// The database, as for `serve`.
+    #[arg(
+        long = "database-url",
+        env = "CAIRN_DATABASE_URL",
+        hide_env_values = true,
+        default_value = "sqlite://cairn.db"
+    )]
+    pub url: String,
 }
 
 fn parse_age(text: &str) -> Result<std::time::Duration, String> {

@@ -25,41 +25,23 @@ pub enum TokenCommand {
         /// How long it works, such as 30d or 12h (forever if left out).
         #[arg(long, value_parser = super::parse_age)]
         expires: Option<std::time::Duration>,
-        /// The server's database, as for `serve`.
-        #[arg(
-            long,
-            env = "CAIRN_DATABASE_URL",
-            hide_env_values = true,
-            default_value = "sqlite://cairn.db"
-        )]
-        database_url: String,
+        #[command(flatten)]
+        database: super::Database,
     },
     /// List tokens (never the tokens themselves).
     List {
         /// One JSON document.
         #[arg(long)]
         json: bool,
-        /// The server's database, as for `serve`.
-        #[arg(
-            long,
-            env = "CAIRN_DATABASE_URL",
-            hide_env_values = true,
-            default_value = "sqlite://cairn.db"
-        )]
-        database_url: String,
+        #[command(flatten)]
+        database: super::Database,
     },
     /// Revoke a token by its id (from `list`): its next request is refused.
     Revoke {
         /// The token's id.
         id: String,
-        /// The server's database, as for `serve`.
-        #[arg(
-            long,
-            env = "CAIRN_DATABASE_URL",
-            hide_env_values = true,
-            default_value = "sqlite://cairn.db"
-        )]
-        database_url: String,
+        #[command(flatten)]
+        database: super::Database,
     },
 }
 
@@ -78,7 +60,7 @@ pub async fn run(command: TokenCommand) -> anyhow::Result<()> {
             label,
             scope,
             expires,
-            database_url,
+            database,
         } => {
             auth::check_workspace(&workspace).map_err(anyhow::Error::msg)?;
             let new = auth::mint()?;
@@ -98,7 +80,7 @@ pub async fn run(command: TokenCommand) -> anyhow::Result<()> {
                 expires_at,
                 revoked_at: None,
             };
-            let store = Store::connect(&database_url).await?;
+            let store = Store::connect(&database.url).await?;
             store.create_token(&info, &new.hash).await?;
             eprintln!(
                 "token {} for workspace {:?} ({}, scope {}{}); it is shown once, keep it now:",
@@ -113,8 +95,8 @@ pub async fn run(command: TokenCommand) -> anyhow::Result<()> {
             println!("{}", new.token);
             Ok(())
         }
-        TokenCommand::List { json, database_url } => {
-            let store = Store::connect(&database_url).await?;
+        TokenCommand::List { json, database } => {
+            let store = Store::connect(&database.url).await?;
             let tokens = store.tokens().await?;
             let now = Utc::now();
             if json {
@@ -152,8 +134,8 @@ pub async fn run(command: TokenCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        TokenCommand::Revoke { id, database_url } => {
-            let store = Store::connect(&database_url).await?;
+        TokenCommand::Revoke { id, database } => {
+            let store = Store::connect(&database.url).await?;
             match store.revoke_token(&id, Utc::now()).await? {
                 Some(t) => {
                     println!(

@@ -20,7 +20,8 @@ pub(super) fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-fn parse_ts(s: &str) -> anyhow::Result<DateTime<Utc>> {
+/// An instant read back from its text form.
+pub(super) fn parse_ts(s: &str) -> anyhow::Result<DateTime<Utc>> {
     Ok(DateTime::parse_from_rfc3339(s)
         .with_context(|| format!("bad timestamp {s:?} in the database"))?
         .with_timezone(&Utc))

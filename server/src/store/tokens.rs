@@ -13,12 +13,7 @@ fn scope(text: &str) -> anyhow::Result<Scope> {
 }
 
 fn sqlite_time(text: Option<String>) -> anyhow::Result<Option<DateTime<Utc>>> {
-    text.map(|t| {
-        DateTime::parse_from_rfc3339(&t)
-            .map(|t| t.with_timezone(&Utc))
-            .with_context(|| format!("bad timestamp {t:?} in the database"))
-    })
-    .transpose()
+    text.as_deref().map(sqlite_ops::parse_ts).transpose()
 }
 
 fn from_sqlite(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<(TokenInfo, String)> {
@@ -28,7 +23,7 @@ fn from_sqlite(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<(TokenInfo, Stri
             workspace: row.get("workspace"),
             label: row.get("label"),
             scope: scope(row.get("scope"))?,
-            created_at: sqlite_time(Some(row.get("created_at")))?.unwrap_or_default(),
+            created_at: sqlite_ops::parse_ts(row.get("created_at"))?,
             expires_at: sqlite_time(row.get("expires_at"))?,
             revoked_at: sqlite_time(row.get("revoked_at"))?,
         },

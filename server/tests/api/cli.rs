@@ -5,27 +5,11 @@ use std::{path::Path, time::Duration};
 
 use serde_json::{Value, json};
 
-use crate::helpers::spawn_app;
+use crate::helpers::{Ran, spawn_app};
 
-struct Ran {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
+/// Runs the `cairn` binary as a client of the server at `server`.
 async fn cairn(args: &[&str], server: &str) -> Ran {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(args)
-        .env("CAIRN_SERVER", server)
-        .env("NO_COLOR", "1")
-        .output()
-        .await
-        .expect("running cairn");
-    Ran {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    crate::helpers::cairn(args, &[("CAIRN_SERVER", server)]).await
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> String {

@@ -222,3 +222,28 @@ pub async fn wait_completed(
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// What a run of the `cairn` binary printed, and how it exited.
+pub struct Ran {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the `cairn` binary with `args` and the environment `env` (no `CAIRN_TOKEN` from the
+/// test's own environment), and waits for it.
+pub async fn cairn(args: &[&str], env: &[(&str, &str)]) -> Ran {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(args)
+        .env_remove("CAIRN_TOKEN")
+        .envs(env.iter().copied())
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .expect("running cairn");
+    Ran {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
