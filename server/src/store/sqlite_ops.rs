@@ -40,35 +40,45 @@ fn json<T: serde::Serialize>(values: &T) -> anyhow::Result<String> {
 }
 
 /// One round of a group commit inside the caller's transaction: read what the round touches
-/// in bulk, decide each change ([`decide`]), then write every table with one statement. Ids
-/// are the log's next ones: this process is the file's only writer, and its writes go through
-/// one connection, so nothing else can take them meanwhile.
+/// in bulk (positions, leases and the log's next id in one statement; idempotency keys when
+/// the round has any), decide each change ([`decide`]), then write every table in one call.
+/// Ids are the log's next ones: this process is the file's only writer, and its writes go
+/// through one connection, so nothing else can take them meanwhile.
+///
+/// Each call is a round trip to the connection's worker thread, and a chain's checkpoint is
+/// a handful of rows: the round trips, not the rows, are most of what a checkpoint costs
+/// beside its fsync. So reads are joined and writes are sent as one multi-statement query
+/// (sqlx binds `?` parameters across its statements in order).
 pub(super) async fn commit_round(
     conn: &mut SqliteConnection,
     changes: Vec<Change>,
 ) -> anyhow::Result<Vec<Outcome>> {
     let (ids, key_list) = group::touched(&changes);
-    let ids = json(&ids)?;
-    let positions: HashMap<String, i64> = sqlx::query_as(
-        "SELECT id, last_event_id FROM workflows WHERE id IN (SELECT value FROM json_each(?))",
+    type Touched = (String, Option<i64>, Option<String>, Option<i64>, i64);
+    let read: Vec<Touched> = sqlx::query_as(
+        "SELECT j.value, w.last_event_id, l.owner, l.epoch, \
+           (SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0), \
+                       COALESCE((SELECT MAX(id) FROM events), 0)) + 1) \
+         FROM json_each(?) AS j \
+         LEFT JOIN workflows AS w ON w.id = j.value \
+         LEFT JOIN leases AS l ON l.workflow_id = j.value",
     )
-    .bind(&ids)
+    .bind(json(&ids)?)
     .fetch_all(&mut *conn)
     .await
-    .context("reading workflows' positions")?
-    .into_iter()
-    .collect();
-    let leases: HashMap<String, (String, i64)> = sqlx::query_as::<_, (String, String, i64)>(
-        "SELECT workflow_id, owner, epoch FROM leases \
-         WHERE workflow_id IN (SELECT value FROM json_each(?))",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *conn)
-    .await
-    .context("checking leases")?
-    .into_iter()
-    .map(|(id, owner, epoch)| (id, (owner, epoch)))
-    .collect();
+    .context("reading workflows' positions and leases")?;
+    // AUTOINCREMENT: never an id the log had before, even one since deleted.
+    let first = read.first().map_or(1, |r| r.4);
+    let mut positions = HashMap::new();
+    let mut leases = HashMap::new();
+    for (id, position, owner, epoch, _) in read {
+        if let Some(p) = position {
+            positions.insert(id.clone(), p);
+        }
+        if let (Some(owner), Some(epoch)) = (owner, epoch) {
+            leases.insert(id, (owner, epoch));
+        }
+    }
     let mut keys = HashMap::new();
     if !key_list.is_empty() {
         keys = sqlx::query_as::<_, (String, String, String)>(
@@ -93,18 +103,39 @@ pub(super) async fn commit_round(
     if group::event_count(&decided) == 0 {
         return Ok(Rows::build(decided, 0)?.1);
     }
-    // AUTOINCREMENT: never an id the log had before, even one since deleted.
-    let first: i64 = sqlx::query_scalar(
-        "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0), \
-                    COALESCE((SELECT MAX(id) FROM events), 0)) + 1",
-    )
-    .fetch_one(&mut *conn)
-    .await
-    .context("reading the next event id")?;
     let (rows, outcomes) = Rows::build(decided, first)?;
     write_rows(conn, &rows).await?;
     Ok(outcomes)
 }
+
+/// An output up to this size travels in the JSON array of [`WRITE_ROWS`]; a larger one is
+/// written on its own rather than copied and escaped into it.
+const INLINE_OUTPUT_BYTES: usize = 64 * 1024;
+
+/// Every table a round writes, one statement each, each reading one JSON array parameter
+/// (an empty array writes nothing). Sent as one query: one round trip.
+const WRITE_ROWS: &str = "\
+INSERT INTO events (id, workflow_id, type, at, data) \
+  SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 FROM json_each(?); \
+INSERT INTO outputs (event_id, workflow_id, step_id, bytes, output) \
+  SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 FROM json_each(?); \
+INSERT INTO workflows (id, name, status, state, spec, created_at, updated_at, last_event_id, next_wake_at, workspace) \
+  SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
+         value ->> 6, value ->> 7, value ->> 8, value ->> 9 FROM json_each(?) WHERE true \
+  ON CONFLICT (id) DO UPDATE SET status = excluded.status, state = excluded.state, \
+    updated_at = excluded.updated_at, last_event_id = excluded.last_event_id, \
+    next_wake_at = excluded.next_wake_at; \
+INSERT INTO steps (workflow_id, step_id, status, attempt, session_id, next_attempt_at, updated_at) \
+  SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
+         value ->> 6 FROM json_each(?) WHERE true \
+  ON CONFLICT (workflow_id, step_id) DO UPDATE SET status = excluded.status, \
+    attempt = excluded.attempt, session_id = excluded.session_id, \
+    next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at; \
+INSERT INTO idempotency_keys (key, request_hash, workflow_id, created_at) \
+  SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?); \
+INSERT INTO leases (workflow_id, owner, epoch, expires_at) \
+  SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?); \
+DELETE FROM leases WHERE workflow_id IN (SELECT value FROM json_each(?))";
 
 async fn write_rows(conn: &mut SqliteConnection, rows: &Rows) -> anyhow::Result<()> {
     let ts_all = |v: &[DateTime<Utc>]| v.iter().map(|t| ts(*t)).collect::<Vec<_>>();
@@ -120,29 +151,18 @@ async fn write_rows(conn: &mut SqliteConnection, rows: &Rows) -> anyhow::Result<
             )
         })
         .collect();
-    sqlx::query(
-        "INSERT INTO events (id, workflow_id, type, at, data) \
-         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 FROM json_each(?)",
-    )
-    .bind(json(&events)?)
-    .execute(&mut *conn)
-    .await
-    .context("appending events")?;
-    // Outputs one by one: they may be megabytes each, not worth copying into a JSON array.
-    for i in 0..rows.outputs.len() {
-        sqlx::query(
-            "INSERT INTO outputs (event_id, workflow_id, step_id, bytes, output) \
-             VALUES (?, ?, ?, ?, ?)",
+    let (small, large): (Vec<usize>, Vec<usize>) =
+        (0..rows.outputs.len()).partition(|&i| rows.outputs[i].len() <= INLINE_OUTPUT_BYTES);
+    let output_row = |i: usize| {
+        (
+            rows.output_events[i],
+            &rows.output_workflows[i],
+            &rows.output_steps[i],
+            rows.output_bytes[i],
+            &*rows.outputs[i],
         )
-        .bind(rows.output_events[i])
-        .bind(&rows.output_workflows[i])
-        .bind(&rows.output_steps[i])
-        .bind(rows.output_bytes[i])
-        .bind(&*rows.outputs[i])
-        .execute(&mut *conn)
-        .await
-        .context("storing a step's output")?;
-    }
+    };
+    let outputs: Vec<_> = small.into_iter().map(output_row).collect();
     let (created, updated, wake) = (
         ts_all(&rows.wf_created),
         ts_all(&rows.wf_updated),
@@ -164,96 +184,68 @@ async fn write_rows(conn: &mut SqliteConnection, rows: &Rows) -> anyhow::Result<
             )
         })
         .collect();
-    // `WHERE true`: SQLite's grammar needs it between a SELECT and ON CONFLICT.
-    sqlx::query(
-        "INSERT INTO workflows (id, name, status, state, spec, created_at, updated_at, last_event_id, next_wake_at, workspace) \
-         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
-                value ->> 6, value ->> 7, value ->> 8, value ->> 9 FROM json_each(?) WHERE true \
-         ON CONFLICT (id) DO UPDATE SET status = excluded.status, state = excluded.state, \
-           updated_at = excluded.updated_at, last_event_id = excluded.last_event_id, \
-           next_wake_at = excluded.next_wake_at",
-    )
-    .bind(json(&workflows)?)
-    .execute(&mut *conn)
-    .await
-    .context("updating workflow projections")?;
-    if !rows.step_ids.is_empty() {
-        let (next, updated) = (ts_opt(&rows.step_next), ts_all(&rows.step_updated));
-        let steps: Vec<_> = (0..rows.step_ids.len())
-            .map(|i| {
-                (
-                    &rows.step_workflows[i],
-                    &rows.step_ids[i],
-                    rows.step_statuses[i],
-                    rows.step_attempts[i],
-                    &rows.step_sessions[i],
-                    &next[i],
-                    &updated[i],
-                )
-            })
-            .collect();
-        sqlx::query(
-            "INSERT INTO steps (workflow_id, step_id, status, attempt, session_id, next_attempt_at, updated_at) \
-             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
-                    value ->> 6 FROM json_each(?) WHERE true \
-             ON CONFLICT (workflow_id, step_id) DO UPDATE SET status = excluded.status, \
-               attempt = excluded.attempt, session_id = excluded.session_id, \
-               next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at",
-        )
+    let (next, step_updated) = (ts_opt(&rows.step_next), ts_all(&rows.step_updated));
+    let steps: Vec<_> = (0..rows.step_ids.len())
+        .map(|i| {
+            (
+                &rows.step_workflows[i],
+                &rows.step_ids[i],
+                rows.step_statuses[i],
+                rows.step_attempts[i],
+                &rows.step_sessions[i],
+                &next[i],
+                &step_updated[i],
+            )
+        })
+        .collect();
+    let key_created = ts_all(&rows.key_created);
+    let keys: Vec<_> = (0..rows.key_keys.len())
+        .map(|i| {
+            (
+                &rows.key_keys[i],
+                &rows.key_hashes[i],
+                &rows.key_workflows[i],
+                &key_created[i],
+            )
+        })
+        .collect();
+    let now = Utc::now();
+    let leases: Vec<_> = (0..rows.lease_workflows.len())
+        .map(|i| {
+            (
+                &rows.lease_workflows[i],
+                &rows.lease_owners[i],
+                rows.lease_epochs[i],
+                ts(now + chrono::Duration::milliseconds(rows.lease_ttls_ms[i])),
+            )
+        })
+        .collect();
+    sqlx::query(WRITE_ROWS)
+        .bind(json(&events)?)
+        .bind(json(&outputs)?)
+        .bind(json(&workflows)?)
         .bind(json(&steps)?)
-        .execute(&mut *conn)
-        .await
-        .context("updating step projections")?;
-    }
-    if !rows.key_keys.is_empty() {
-        let created = ts_all(&rows.key_created);
-        let keys: Vec<_> = (0..rows.key_keys.len())
-            .map(|i| {
-                (
-                    &rows.key_keys[i],
-                    &rows.key_hashes[i],
-                    &rows.key_workflows[i],
-                    &created[i],
-                )
-            })
-            .collect();
-        sqlx::query(
-            "INSERT INTO idempotency_keys (key, request_hash, workflow_id, created_at) \
-             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?)",
-        )
         .bind(json(&keys)?)
-        .execute(&mut *conn)
-        .await
-        .context("recording idempotency keys")?;
-    }
-    if !rows.lease_workflows.is_empty() {
-        let now = Utc::now();
-        let leases: Vec<_> = (0..rows.lease_workflows.len())
-            .map(|i| {
-                (
-                    &rows.lease_workflows[i],
-                    &rows.lease_owners[i],
-                    rows.lease_epochs[i],
-                    ts(now + chrono::Duration::milliseconds(rows.lease_ttls_ms[i])),
-                )
-            })
-            .collect();
-        sqlx::query(
-            "INSERT INTO leases (workflow_id, owner, epoch, expires_at) \
-             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?)",
-        )
         .bind(json(&leases)?)
+        // Nothing left to run: no engine needs to hold them.
+        .bind(json(&rows.finished)?)
         .execute(&mut *conn)
         .await
-        .context("taking new workflows' leases")?;
-    }
-    if !rows.finished.is_empty() {
-        // Nothing left to run: no engine needs to hold them.
-        sqlx::query("DELETE FROM leases WHERE workflow_id IN (SELECT value FROM json_each(?))")
-            .bind(json(&rows.finished)?)
-            .execute(&mut *conn)
-            .await
-            .context("releasing finished workflows' leases")?;
+        .context("writing a checkpoint's rows")?;
+    for i in large {
+        let (event_id, workflow_id, step_id, bytes, output) = output_row(i);
+        sqlx::query(
+            "INSERT INTO outputs (event_id, workflow_id, step_id, bytes, output) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(event_id)
+        .bind(workflow_id)
+        .bind(step_id)
+        .bind(bytes)
+        .bind(output)
+        .execute(&mut *conn)
+        .await
+        .context("storing a step's output")?;
     }
     Ok(())
 }
