@@ -50,6 +50,20 @@ pub struct Change {
 }
 
 impl Change {
+    /// A copy without the base state (see [`Change::base`]): the store then reads the state
+    /// itself.
+    pub fn without_base(&self) -> Self {
+        Self {
+            workflow_id: self.workflow_id.clone(),
+            fence: self.fence.clone(),
+            events: self.events.clone(),
+            outputs: self.outputs.clone(),
+            idempotency: self.idempotency.clone(),
+            base: None,
+            take_lease: self.take_lease,
+        }
+    }
+
     /// The change that creates a workflow in `workspace`: a new id (`wf_…`) and its
     /// `workflow.created`.
     pub fn created(

@@ -41,7 +41,11 @@ pub(super) trait GroupCommit: Clone + Send + Sync + 'static {
         changes: Vec<Change>,
     ) -> impl Future<Output = anyhow::Result<Vec<Outcome>>> + Send {
         async move {
-            match self.commit_changes(changes.clone()).await {
+            // Kept for committing one by one, without their base states (the store then reads
+            // each state itself): copying every workflow's state for a path taken only on a
+            // refusal was about a tenth of a 500-change group's time.
+            let kept: Vec<Change> = changes.iter().map(Change::without_base).collect();
+            match self.commit_changes(changes).await {
                 Err(e) if Self::refused_value(&e) => {
                     tracing::warn!(
                         error = format!("{e:#}"),
@@ -50,8 +54,8 @@ pub(super) trait GroupCommit: Clone + Send + Sync + 'static {
                 }
                 done => return done,
             }
-            let mut outcomes = Vec::with_capacity(changes.len());
-            for change in changes {
+            let mut outcomes = Vec::with_capacity(kept.len());
+            for change in kept {
                 let workflow_id = change.workflow_id.clone();
                 match self.commit_changes(vec![change]).await {
                     Ok(mut one) => outcomes.append(&mut one),
