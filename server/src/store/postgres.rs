@@ -25,7 +25,8 @@ use anyhow::Context;
 use cairn::{EventRecord, WorkflowState};
 
 use sqlx::{
-    Connection, PgConnection, PgPool, Row,
+    Connection, PgConnection, PgPool, Postgres, Row,
+    pool::PoolConnection,
     postgres::{PgConnectOptions, PgListener, PgPoolOptions},
 };
 use tokio::sync::mpsc;
@@ -48,6 +49,11 @@ pub struct PgStore {
     options: Arc<PgConnectOptions>,
     /// The `NOTIFY` channel of this schema's log.
     channel: Arc<str>,
+    /// The checkpoints' connection, kept from one to the next: taking a connection from the
+    /// pool costs a round trip each time (sqlx pings it before handing it out, and again
+    /// when it comes back). Dropped after any error, so the next checkpoint starts on a
+    /// fresh one.
+    checkpoints: Arc<tokio::sync::Mutex<Option<PoolConnection<Postgres>>>>,
 }
 
 /// Splits cairn's own `schema` parameter off a database URL.
@@ -109,6 +115,7 @@ impl PgStore {
             pool,
             options: Arc::new(options),
             channel: format!("{schema}_events").into(),
+            checkpoints: Arc::default(),
         })
     }
 
@@ -515,28 +522,47 @@ impl LoadState for PgConnection {
 }
 
 impl PgStore {
-    /// One transaction, round after round (see [`super::group::rounds`]).
+    /// One transaction, round after round (see [`super::group::rounds`]), on the
+    /// checkpoints' connection.
     async fn commit_in_one(&self, changes: Vec<Change>) -> anyhow::Result<Vec<Outcome>> {
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; changes.len()];
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .context("acquiring a connection")?;
-        let mut tx = conn.begin().await.context("beginning a checkpoint")?;
-        for round in group::rounds(changes) {
-            let (slots, round): (Vec<usize>, Vec<Change>) = round.into_iter().unzip();
-            let results = commit_round(&mut tx, round, &self.channel).await?;
-            for (slot, outcome) in slots.into_iter().zip(results) {
-                outcomes[slot] = Some(outcome);
-            }
+        let mut held = self.checkpoints.lock().await;
+        let conn = match held.take() {
+            Some(conn) => held.insert(conn),
+            None => held.insert(
+                self.pool
+                    .acquire()
+                    .await
+                    .context("acquiring a connection")?,
+            ),
+        };
+        let result = commit_on(conn, changes, &self.channel).await;
+        if result.is_err() {
+            // Back to the pool, which tests it and closes it if it is broken.
+            *held = None;
         }
-        tx.commit().await.context("committing a checkpoint")?;
-        outcomes
-            .into_iter()
-            .map(|o| o.context("a change was left without an outcome"))
-            .collect()
+        result
     }
+}
+
+async fn commit_on(
+    conn: &mut PgConnection,
+    changes: Vec<Change>,
+    channel: &str,
+) -> anyhow::Result<Vec<Outcome>> {
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; changes.len()];
+    let mut tx = conn.begin().await.context("beginning a checkpoint")?;
+    for round in group::rounds(changes) {
+        let (slots, round): (Vec<usize>, Vec<Change>) = round.into_iter().unzip();
+        let results = commit_round(&mut tx, round, channel).await?;
+        for (slot, outcome) in slots.into_iter().zip(results) {
+            outcomes[slot] = Some(outcome);
+        }
+    }
+    tx.commit().await.context("committing a checkpoint")?;
+    outcomes
+        .into_iter()
+        .map(|o| o.context("a change was left without an outcome"))
+        .collect()
 }
 
 /// One round inside the checkpoint's transaction: lock, read, decide, take ids, write and
