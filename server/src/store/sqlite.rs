@@ -1,20 +1,25 @@
 //! SQLite: one file, one owning process, WAL so readers never wait for the writer.
 //!
-//! Two pools over the same file: readers share several connections, and every write (the
-//! checkpoint commits, lease claims and renewals) goes through a pool of exactly one
-//! connection. One writer connection means no two transactions ever race to upgrade a read
-//! lock to a write lock, which SQLite answers with an immediate `SQLITE_BUSY`.
+//! Readers share a pool of several connections over the file, and every write (the
+//! checkpoint commits, lease claims and renewals) goes through exactly one connection, held
+//! by the store behind a lock. One writer connection means no two transactions ever race to
+//! upgrade a read lock to a write lock, which SQLite answers with an immediate
+//! `SQLITE_BUSY`. Holding it rather than taking it from a pool each time saves the hand-offs
+//! to its worker thread that sqlx's pool adds (a ping when a connection is handed out and
+//! another when it comes back), two of the six a checkpoint cost.
 
-use std::{str::FromStr, time::Duration};
+use std::{str::FromStr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use cairn::{EventRecord, WorkflowState};
 use chrono::Utc;
 use sqlx::{
-    Sqlite, SqlitePool,
+    Connection, Sqlite, SqliteConnection, SqlitePool,
     pool::PoolConnection,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
+
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
 use super::{
     sqlite_ops,
@@ -29,8 +34,15 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite"
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// A pool of one connection, which [`SqliteStore::writer`] keeps out of it.
     write_pool: SqlitePool,
+    /// The write connection while it is held: taken from `write_pool` when first needed and
+    /// after a checkpoint failed.
+    held: Arc<Mutex<Option<PoolConnection<Sqlite>>>>,
 }
+
+/// The store's one write connection, locked for its holder.
+pub(crate) type WriteConnection<'a> = MappedMutexGuard<'a, SqliteConnection>;
 
 impl SqliteStore {
     /// Opens the file named by `url` (`sqlite://PATH`), creating it if missing, and migrates it.
@@ -44,13 +56,9 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
-        // The writer's one connection is a handle on a file in this process: it cannot hang
-        // up, so sqlx's ping before each acquire (a hand-off to the connection's worker
-        // thread, about 30 µs of every checkpoint) is left out.
         let write_pool = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
-            .test_before_acquire(false)
             .idle_timeout(None)
             .max_lifetime(None)
             .connect_with(options.clone())
@@ -65,7 +73,11 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .with_context(|| format!("opening the SQLite database {url}"))?;
-        Ok(Self { pool, write_pool })
+        Ok(Self {
+            pool,
+            write_pool,
+            held: Arc::default(),
+        })
     }
 
     /// Checks that the database answers a trivial query.
@@ -82,21 +94,23 @@ impl SqliteStore {
         &self.pool
     }
 
-    /// The single-connection pool every write goes through.
-    pub fn write_pool(&self) -> &SqlitePool {
-        &self.write_pool
+    /// The one write connection, locked until the guard is dropped.
+    pub(crate) async fn writer(&self) -> anyhow::Result<WriteConnection<'_>> {
+        let mut held = self.held.lock().await;
+        if held.is_none() {
+            *held = Some(
+                self.write_pool
+                    .acquire()
+                    .await
+                    .context("acquiring the writer")?,
+            );
+        }
+        MutexGuard::try_map(held, |c| c.as_deref_mut())
+            .map_err(|_| anyhow::anyhow!("the write connection is missing"))
     }
 
     async fn reader(&self) -> anyhow::Result<PoolConnection<Sqlite>> {
         self.pool.acquire().await.context("acquiring a connection")
-    }
-
-    /// The one write connection (lease upkeep outside the group commit).
-    async fn writer(&self) -> anyhow::Result<PoolConnection<Sqlite>> {
-        self.write_pool
-            .acquire()
-            .await
-            .context("acquiring the writer")
     }
 
     /// A workflow's committed state.
@@ -167,7 +181,8 @@ impl SqliteStore {
     ) -> anyhow::Result<Vec<Claimed>> {
         // One process owns the file, so its clock is the only one.
         let now = Utc::now();
-        let mut tx = self.write_pool.begin().await.context("beginning a claim")?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin().await.context("beginning a claim")?;
         let claimed = sqlite_ops::claim(&mut tx, owner, now, ttl, limit, steal).await?;
         tx.commit().await.context("committing a claim")?;
         Ok(claimed)
@@ -218,12 +233,18 @@ impl GroupCommit for SqliteStore {
 impl SqliteStore {
     /// One transaction, round after round (see [`super::group::rounds`]).
     async fn commit_in_one(&self, changes: Vec<Change>) -> anyhow::Result<Vec<Outcome>> {
+        let result = self.commit_on_writer(changes).await;
+        if result.is_err() {
+            // Back to its pool, which tests it and replaces it if it is broken.
+            self.held.lock().await.take();
+        }
+        result
+    }
+
+    async fn commit_on_writer(&self, changes: Vec<Change>) -> anyhow::Result<Vec<Outcome>> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; changes.len()];
-        let mut tx = self
-            .write_pool
-            .begin()
-            .await
-            .context("beginning a checkpoint")?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin().await.context("beginning a checkpoint")?;
         for round in super::group::rounds(changes) {
             let (slots, round): (Vec<usize>, Vec<Change>) = round.into_iter().unzip();
             let results = sqlite_ops::commit_round(&mut tx, round).await?;

@@ -61,7 +61,7 @@ impl Store {
             .bind(info.scope.as_str())
             .bind(sqlite_ops::ts(info.created_at))
             .bind(info.expires_at.map(sqlite_ops::ts))
-            .execute(s.write_pool())
+            .execute(&mut *s.writer().await?)
             .await
             .map(|_| ()),
             Backend::Postgres(p, _) => sqlx::query(
@@ -144,7 +144,7 @@ impl Store {
                 sqlx::query("UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?")
                     .bind(sqlite_ops::ts(now))
                     .bind(id)
-                    .execute(s.write_pool())
+                    .execute(&mut *s.writer().await?)
                     .await
                     .map(|_| ())
             }

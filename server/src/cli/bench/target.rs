@@ -106,14 +106,15 @@ async fn commit_floor_ms(db: &Path) -> anyhow::Result<f64> {
     let floor = db.with_file_name("floor.db");
     let store =
         crate::store::SqliteStore::connect(&format!("sqlite://{}", floor.display())).await?;
-    let pool = store.write_pool();
+    // The store's own write connection, as its checkpoints use it.
+    let mut conn = store.writer().await?;
     sqlx::query("CREATE TABLE floor (id INTEGER PRIMARY KEY, at TEXT NOT NULL)")
-        .execute(pool)
+        .execute(&mut *conn)
         .await?;
     let mut samples = Vec::with_capacity(300);
     for _ in 0..300 {
         let t = Instant::now();
-        let mut tx = pool.begin().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         sqlx::query("INSERT INTO floor (at) VALUES (?)")
             .bind(chrono::Utc::now().to_rfc3339())
             .execute(&mut *tx)
