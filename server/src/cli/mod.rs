@@ -141,7 +141,8 @@ pub async fn main() -> ExitCode {
     let client = match cli.command {
         Command::Serve(args) => return done(serve(args).await),
         Command::Bench(args) => {
-            telemetry::init("warn");
+            // stdout is the result's JSON line alone, whatever is logged meanwhile.
+            telemetry::init_stderr("warn");
             return done(bench::run(args).await);
         }
         Command::Mcp { server, token } => {

@@ -2,6 +2,7 @@
 //! Postgres database), spoken to over HTTP; and the real `cairn` binary for what only a process shows (signals, exit codes).
 
 mod auth;
+mod bench;
 mod binary;
 mod cli;
 mod crash;
