@@ -68,8 +68,11 @@ impl SqliteStore {
             .run(&write_pool)
             .await
             .context("migrating the SQLite database")?;
+        // Readers are handles on the same file in this process: they cannot hang up, so sqlx's
+        // ping before handing one out (a hand-off to its worker thread) is left out.
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .with_context(|| format!("opening the SQLite database {url}"))?;
