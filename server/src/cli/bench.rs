@@ -347,6 +347,9 @@ async fn chain(
         h.stop().await;
     }
     let commits_per_workflow = commits.len() as f64 / n as f64;
+    // The part of each instance's wall time its writer spent committing (the rest is the
+    // engine, the runners and the hand-offs between them).
+    let commit_share = commits.iter().sum::<f64>() / 1000.0 / (wall * instances as f64);
     let mut result = report(
         if concurrent { "concurrent" } else { "chain" },
         n,
@@ -363,6 +366,7 @@ async fn chain(
     result["instances"] = json!(instances);
     result["commit_floor_ms"] = json!(round3(floor_ms));
     result["commits_per_workflow"] = json!(round3(commits_per_workflow));
+    result["commit_share"] = json!(round3(commit_share));
     if !concurrent {
         result["floor_ratio"] = json!(round3(achieved / allowed_steps_per_s));
     }

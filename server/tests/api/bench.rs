@@ -28,6 +28,9 @@ async fn a_chain_costs_four_commits_per_workflow_on_both_stores() {
         let floor = r["commit_floor_ms"].as_f64().unwrap();
         let ratio = r["floor_ratio"].as_f64().unwrap();
         assert!(floor > 0.0 && ratio > 0.0, "{r}");
+        // One chain after another: the writer is busy for part of the wall time, never more.
+        let share = r["commit_share"].as_f64().unwrap();
+        assert!(share > 0.0 && share <= 1.0, "{r}");
     }
 }
 
