@@ -18,8 +18,9 @@ use super::{
 };
 
 /// Splits a group into rounds in which each workflow appears at most once (a change's
-/// decision depends on the state the one before it left), keeping each change's position.
-pub(super) fn rounds(changes: Vec<Change>) -> Vec<Vec<(usize, Change)>> {
+/// decision depends on the state the one before it left), each with its changes' positions
+/// in the group.
+pub(super) fn rounds(changes: Vec<Change>) -> Vec<(Vec<usize>, Vec<Change>)> {
     let mut pending: Vec<(usize, Change)> = changes.into_iter().enumerate().collect();
     let mut rounds = Vec::new();
     while !pending.is_empty() {
@@ -27,10 +28,33 @@ pub(super) fn rounds(changes: Vec<Change>) -> Vec<Vec<(usize, Change)>> {
         let (round, later): (Vec<_>, Vec<_>) = pending
             .into_iter()
             .partition(|(_, c)| seen.insert(c.workflow_id.clone()));
-        rounds.push(round);
+        rounds.push(round.into_iter().unzip());
         pending = later;
     }
     rounds
+}
+
+/// A group's outcomes, filled round by round, answered in the group's order.
+pub(super) struct Outcomes(Vec<Option<Outcome>>);
+
+impl Outcomes {
+    pub fn new(changes: usize) -> Self {
+        Self(vec![None; changes])
+    }
+
+    /// Puts a round's outcomes at its changes' positions (see [`rounds`]).
+    pub fn fill(&mut self, slots: Vec<usize>, results: Vec<Outcome>) {
+        for (slot, outcome) in slots.into_iter().zip(results) {
+            self.0[slot] = Some(outcome);
+        }
+    }
+
+    pub fn finish(self) -> anyhow::Result<Vec<Outcome>> {
+        self.0
+            .into_iter()
+            .map(|o| o.context("a change was left without an outcome"))
+            .collect()
+    }
 }
 
 /// The sorted, distinct workflow ids and idempotency keys a round touches.

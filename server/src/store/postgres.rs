@@ -549,20 +549,13 @@ async fn commit_on(
     changes: Vec<Change>,
     channel: &str,
 ) -> anyhow::Result<Vec<Outcome>> {
-    let mut outcomes: Vec<Option<Outcome>> = vec![None; changes.len()];
+    let mut outcomes = group::Outcomes::new(changes.len());
     let mut tx = conn.begin().await.context("beginning a checkpoint")?;
-    for round in group::rounds(changes) {
-        let (slots, round): (Vec<usize>, Vec<Change>) = round.into_iter().unzip();
-        let results = commit_round(&mut tx, round, channel).await?;
-        for (slot, outcome) in slots.into_iter().zip(results) {
-            outcomes[slot] = Some(outcome);
-        }
+    for (slots, round) in group::rounds(changes) {
+        outcomes.fill(slots, commit_round(&mut tx, round, channel).await?);
     }
     tx.commit().await.context("committing a checkpoint")?;
-    outcomes
-        .into_iter()
-        .map(|o| o.context("a change was left without an outcome"))
-        .collect()
+    outcomes.finish()
 }
 
 /// One round inside the checkpoint's transaction: lock, read, decide, take ids, write and

@@ -245,21 +245,14 @@ impl SqliteStore {
     }
 
     async fn commit_on_writer(&self, changes: Vec<Change>) -> anyhow::Result<Vec<Outcome>> {
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; changes.len()];
+        let mut outcomes = super::group::Outcomes::new(changes.len());
         let mut writer = self.writer().await?;
         let mut tx = writer.begin().await.context("beginning a checkpoint")?;
-        for round in super::group::rounds(changes) {
-            let (slots, round): (Vec<usize>, Vec<Change>) = round.into_iter().unzip();
-            let results = sqlite_ops::commit_round(&mut tx, round).await?;
-            for (slot, outcome) in slots.into_iter().zip(results) {
-                outcomes[slot] = Some(outcome);
-            }
+        for (slots, round) in super::group::rounds(changes) {
+            outcomes.fill(slots, sqlite_ops::commit_round(&mut tx, round).await?);
         }
         tx.commit().await.context("committing a checkpoint")?;
-        outcomes
-            .into_iter()
-            .map(|o| o.context("a change was left without an outcome"))
-            .collect()
+        outcomes.finish()
     }
 }
 
