@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use anyhow::Context;
 use cairn::{EventRecord, WorkflowState};
 use chrono::{DateTime, SecondsFormat, Utc};
-use sqlx::{Row, SqliteConnection};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, query_builder::Separated};
 
 use super::{
     group::{self, LoadState, RoundFacts, Rows},
@@ -104,149 +104,221 @@ pub(super) async fn commit_round(
         return Ok(Rows::build(decided, 0)?.1);
     }
     let (rows, outcomes) = Rows::build(decided, first)?;
-    write_rows(conn, &rows).await?;
+    write_rows(conn, rows).await?;
     Ok(outcomes)
 }
 
-/// An output up to this size travels in the JSON array of [`WRITE_ROWS`]; a larger one is
-/// written on its own rather than copied and escaped into it.
-const INLINE_OUTPUT_BYTES: usize = 64 * 1024;
+/// Rows per `INSERT` statement: at ten columns, well under SQLite's 32,766 parameters.
+const ROWS_PER_STATEMENT: usize = 2000;
 
-/// Every table a round writes, one statement each, each reading one JSON array parameter
-/// (an empty array writes nothing). Sent as one query: one round trip.
-const WRITE_ROWS: &str = "\
-INSERT INTO events (id, workflow_id, type, at, data) \
-  SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 FROM json_each(?); \
-INSERT INTO outputs (event_id, workflow_id, step_id, bytes, output) \
-  SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 FROM json_each(?); \
-INSERT INTO workflows (id, name, status, state, spec, created_at, updated_at, last_event_id, next_wake_at, workspace) \
-  SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
-         value ->> 6, value ->> 7, value ->> 8, value ->> 9 FROM json_each(?) WHERE true \
-  ON CONFLICT (id) DO UPDATE SET status = excluded.status, state = excluded.state, \
-    updated_at = excluded.updated_at, last_event_id = excluded.last_event_id, \
-    next_wake_at = excluded.next_wake_at; \
-INSERT INTO steps (workflow_id, step_id, status, attempt, session_id, next_attempt_at, updated_at) \
-  SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
-         value ->> 6 FROM json_each(?) WHERE true \
-  ON CONFLICT (workflow_id, step_id) DO UPDATE SET status = excluded.status, \
-    attempt = excluded.attempt, session_id = excluded.session_id, \
-    next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at; \
-INSERT INTO idempotency_keys (key, request_hash, workflow_id, created_at) \
-  SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?); \
-INSERT INTO leases (workflow_id, owner, epoch, expires_at) \
-  SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?); \
-DELETE FROM leases WHERE workflow_id IN (SELECT value FROM json_each(?))";
+/// Statements of up to this many rows in all are kept prepared: a chain's checkpoint has the
+/// same few shapes again and again, while a big group's shape rarely comes back and its
+/// prepared form would only fill the cache.
+const PREPARED_ROWS: usize = 16;
 
-async fn write_rows(conn: &mut SqliteConnection, rows: &Rows) -> anyhow::Result<()> {
-    let ts_all = |v: &[DateTime<Utc>]| v.iter().map(|t| ts(*t)).collect::<Vec<_>>();
-    let ts_opt = |v: &[Option<DateTime<Utc>>]| v.iter().map(|t| t.map(ts)).collect::<Vec<_>>();
-    let events: Vec<_> = (0..rows.event_ids.len())
-        .map(|i| {
-            (
-                rows.event_ids[i],
-                &rows.event_workflows[i],
-                rows.event_types[i],
-                ts(rows.event_ats[i]),
-                &rows.event_data[i],
-            )
-        })
-        .collect();
-    let (small, large): (Vec<usize>, Vec<usize>) =
-        (0..rows.outputs.len()).partition(|&i| rows.outputs[i].len() <= INLINE_OUTPUT_BYTES);
-    let output_row = |i: usize| {
-        (
-            rows.output_events[i],
-            &rows.output_workflows[i],
-            &rows.output_steps[i],
-            rows.output_bytes[i],
-            &*rows.outputs[i],
-        )
-    };
-    let outputs: Vec<_> = small.into_iter().map(output_row).collect();
-    let (created, updated, wake) = (
-        ts_all(&rows.wf_created),
-        ts_all(&rows.wf_updated),
-        ts_opt(&rows.wf_wake),
+/// Appends `INSERT INTO {head} VALUES (…), … {tail};` for `rows`, one statement per
+/// [`ROWS_PER_STATEMENT`] (nothing when there are none).
+fn push_insert<T>(
+    q: &mut QueryBuilder<Sqlite>,
+    head: &str,
+    rows: impl IntoIterator<Item = T>,
+    tail: &str,
+    mut push: impl FnMut(Separated<'_, Sqlite, &'static str>, T),
+) {
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        q.push("INSERT INTO ").push(head).push(" ");
+        q.push_values(rows.by_ref().take(ROWS_PER_STATEMENT), &mut push);
+        q.push(tail).push(";\n");
+    }
+}
+
+/// Writes every table a round touches as one multi-statement query, one round trip: multi-row
+/// `VALUES` with each value bound as a parameter (sqlx binds `?` across the statements in
+/// order). A state or an output is moved into its parameter as it is, never escaped into
+/// another text and parsed back.
+async fn write_rows(conn: &mut SqliteConnection, rows: Rows) -> anyhow::Result<()> {
+    let Rows {
+        event_ids,
+        event_workflows,
+        event_types,
+        event_ats,
+        event_data,
+        output_events,
+        output_workflows,
+        output_steps,
+        output_bytes,
+        outputs,
+        wf_ids,
+        wf_names,
+        wf_statuses,
+        wf_states,
+        wf_specs,
+        wf_workspaces,
+        wf_created,
+        wf_updated,
+        wf_last,
+        wf_wake,
+        step_workflows,
+        step_ids,
+        step_statuses,
+        step_attempts,
+        step_sessions,
+        step_next,
+        step_updated,
+        key_keys,
+        key_hashes,
+        key_workflows,
+        key_created,
+        lease_workflows,
+        lease_owners,
+        lease_epochs,
+        lease_ttls_ms,
+        finished,
+    } = rows;
+    let count = event_ids.len() + wf_ids.len() + step_ids.len() + key_keys.len();
+    let mut q = QueryBuilder::<Sqlite>::new("");
+    let events = event_ids
+        .into_iter()
+        .zip(event_workflows)
+        .zip(event_types)
+        .zip(event_ats)
+        .zip(event_data);
+    push_insert(
+        &mut q,
+        "events (id, workflow_id, type, at, data)",
+        events,
+        "",
+        |mut b, ((((id, workflow), kind), at), data)| {
+            b.push_bind(id)
+                .push_bind(workflow)
+                .push_bind(kind)
+                .push_bind(ts(at))
+                .push_bind(data);
+        },
     );
-    let workflows: Vec<_> = (0..rows.wf_ids.len())
-        .map(|i| {
-            (
-                &rows.wf_ids[i],
-                &rows.wf_names[i],
-                rows.wf_statuses[i],
-                &rows.wf_states[i],
-                &rows.wf_specs[i],
-                &created[i],
-                &updated[i],
-                rows.wf_last[i],
-                &wake[i],
-                &rows.wf_workspaces[i],
-            )
-        })
-        .collect();
-    let (next, step_updated) = (ts_opt(&rows.step_next), ts_all(&rows.step_updated));
-    let steps: Vec<_> = (0..rows.step_ids.len())
-        .map(|i| {
-            (
-                &rows.step_workflows[i],
-                &rows.step_ids[i],
-                rows.step_statuses[i],
-                rows.step_attempts[i],
-                &rows.step_sessions[i],
-                &next[i],
-                &step_updated[i],
-            )
-        })
-        .collect();
-    let key_created = ts_all(&rows.key_created);
-    let keys: Vec<_> = (0..rows.key_keys.len())
-        .map(|i| {
-            (
-                &rows.key_keys[i],
-                &rows.key_hashes[i],
-                &rows.key_workflows[i],
-                &key_created[i],
-            )
-        })
-        .collect();
+    let outputs = output_events
+        .into_iter()
+        .zip(output_workflows)
+        .zip(output_steps)
+        .zip(output_bytes)
+        .zip(outputs);
+    push_insert(
+        &mut q,
+        "outputs (event_id, workflow_id, step_id, bytes, output)",
+        outputs,
+        "",
+        |mut b, ((((event, workflow), step), bytes), output)| {
+            b.push_bind(event)
+                .push_bind(workflow)
+                .push_bind(step)
+                .push_bind(bytes)
+                .push_bind(output);
+        },
+    );
+    let workflows = wf_ids
+        .into_iter()
+        .zip(wf_names)
+        .zip(wf_statuses)
+        .zip(wf_states)
+        .zip(wf_specs)
+        .zip(wf_created)
+        .zip(wf_updated)
+        .zip(wf_last)
+        .zip(wf_wake)
+        .zip(wf_workspaces);
+    push_insert(
+        &mut q,
+        "workflows (id, name, status, state, spec, created_at, updated_at, last_event_id, \
+         next_wake_at, workspace)",
+        workflows,
+        " ON CONFLICT (id) DO UPDATE SET status = excluded.status, state = excluded.state, \
+         updated_at = excluded.updated_at, last_event_id = excluded.last_event_id, \
+         next_wake_at = excluded.next_wake_at",
+        |mut b, (((((((((id, name), status), state), spec), created), updated), last), wake), ws)| {
+            b.push_bind(id)
+                .push_bind(name)
+                .push_bind(status)
+                .push_bind(state)
+                .push_bind(spec)
+                .push_bind(ts(created))
+                .push_bind(ts(updated))
+                .push_bind(last)
+                .push_bind(wake.map(ts))
+                .push_bind(ws);
+        },
+    );
+    let steps = step_workflows
+        .into_iter()
+        .zip(step_ids)
+        .zip(step_statuses)
+        .zip(step_attempts)
+        .zip(step_sessions)
+        .zip(step_next)
+        .zip(step_updated);
+    push_insert(
+        &mut q,
+        "steps (workflow_id, step_id, status, attempt, session_id, next_attempt_at, updated_at)",
+        steps,
+        " ON CONFLICT (workflow_id, step_id) DO UPDATE SET status = excluded.status, \
+         attempt = excluded.attempt, session_id = excluded.session_id, \
+         next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at",
+        |mut b, ((((((workflow, step), status), attempt), session), next), updated)| {
+            b.push_bind(workflow)
+                .push_bind(step)
+                .push_bind(status)
+                .push_bind(attempt)
+                .push_bind(session)
+                .push_bind(next.map(ts))
+                .push_bind(ts(updated));
+        },
+    );
+    let keys = key_keys
+        .into_iter()
+        .zip(key_hashes)
+        .zip(key_workflows)
+        .zip(key_created);
+    push_insert(
+        &mut q,
+        "idempotency_keys (key, request_hash, workflow_id, created_at)",
+        keys,
+        "",
+        |mut b, (((key, hash), workflow), created)| {
+            b.push_bind(key)
+                .push_bind(hash)
+                .push_bind(workflow)
+                .push_bind(ts(created));
+        },
+    );
     let now = Utc::now();
-    let leases: Vec<_> = (0..rows.lease_workflows.len())
-        .map(|i| {
-            (
-                &rows.lease_workflows[i],
-                &rows.lease_owners[i],
-                rows.lease_epochs[i],
-                ts(now + chrono::Duration::milliseconds(rows.lease_ttls_ms[i])),
-            )
-        })
-        .collect();
-    sqlx::query(WRITE_ROWS)
-        .bind(json(&events)?)
-        .bind(json(&outputs)?)
-        .bind(json(&workflows)?)
-        .bind(json(&steps)?)
-        .bind(json(&keys)?)
-        .bind(json(&leases)?)
+    let leases = lease_workflows
+        .into_iter()
+        .zip(lease_owners)
+        .zip(lease_epochs)
+        .zip(lease_ttls_ms);
+    push_insert(
+        &mut q,
+        "leases (workflow_id, owner, epoch, expires_at)",
+        leases,
+        "",
+        |mut b, (((workflow, owner), epoch), ttl_ms)| {
+            b.push_bind(workflow)
+                .push_bind(owner)
+                .push_bind(epoch)
+                .push_bind(ts(now + chrono::Duration::milliseconds(ttl_ms)));
+        },
+    );
+    if !finished.is_empty() {
         // Nothing left to run: no engine needs to hold them.
-        .bind(json(&rows.finished)?)
+        q.push("DELETE FROM leases WHERE workflow_id IN (SELECT value FROM json_each(")
+            .push_bind(json(&finished)?)
+            .push("))");
+    }
+    q.build()
+        .persistent(count <= PREPARED_ROWS)
         .execute(&mut *conn)
         .await
         .context("writing a checkpoint's rows")?;
-    for i in large {
-        let (event_id, workflow_id, step_id, bytes, output) = output_row(i);
-        sqlx::query(
-            "INSERT INTO outputs (event_id, workflow_id, step_id, bytes, output) \
-             VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(event_id)
-        .bind(workflow_id)
-        .bind(step_id)
-        .bind(bytes)
-        .bind(output)
-        .execute(&mut *conn)
-        .await
-        .context("storing a step's output")?;
-    }
     Ok(())
 }
 

@@ -84,6 +84,7 @@ crate::both_backends!(
     pruning_deletes_exactly_the_old_finished_workflows_with_all_they_own,
     workspaces_keep_lists_streams_and_lookups_apart,
     tokens_are_stored_as_hashes_and_revoked_once,
+    a_group_bigger_than_one_statement_commits_whole,
 );
 
 fn spec(steps: serde_json::Value) -> cairn::ValidSpec {
@@ -253,6 +254,64 @@ async fn whole_outputs_are_stored_beside_the_log(db: Db) {
         store.output(&id, "a").await.unwrap().as_deref(),
         Some(&*output)
     );
+}
+
+/// More workflows in one commit than SQLite takes rows in one statement: every one is
+/// written, once, with its own events in one unbroken run of ids.
+async fn a_group_bigger_than_one_statement_commits_whole(db: Db) {
+    let store = db.store().await;
+    let changes: Vec<Change> = (0..2_100)
+        .map(|i| {
+            let mut change = Change::created(
+                spec(json!({ "id": "a", "role": "architect", "task": format!("task {i}") })),
+                None,
+                cairn::DEFAULT_WORKSPACE,
+                None,
+            );
+            change.events.push(Stamped {
+                at: Utc::now(),
+                event: Event::WorkflowStarted {},
+            });
+            change
+        })
+        .collect();
+    let ids: Vec<String> = changes.iter().map(|c| c.workflow_id.clone()).collect();
+    let out = store.commit(changes).await.unwrap();
+    assert_eq!(out.len(), ids.len());
+    let mut event_ids = Vec::new();
+    for (id, outcome) in ids.iter().zip(&out) {
+        let Outcome::Committed { records, state } = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(&state.id, id);
+        event_ids.extend(records.iter().map(|r| r.id));
+    }
+    assert!(
+        event_ids.windows(2).all(|w| w[1] == w[0] + 1),
+        "ids in one run"
+    );
+    let log = store
+        .events_after(EventScope::default(), 0, 10_000)
+        .await
+        .unwrap();
+    assert_eq!(log.iter().map(|e| e.id).collect::<Vec<_>>(), event_ids);
+    for (i, id) in ids.iter().enumerate().step_by(499) {
+        let state = store.load(id).await.unwrap().unwrap();
+        assert_eq!(state.status, cairn::WorkflowStatus::Running);
+        let task = &state.spec.as_ref().unwrap().steps[0].task;
+        assert_eq!(task, &format!("task {i}"));
+        assert_eq!(store.history(id, 0).await.unwrap().len(), 2);
+    }
+    let listed = store
+        .list(&ListQuery {
+            limit: 1_000,
+            before: None,
+            status: Some(cairn::WorkflowStatus::Running),
+            workspace: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1_000);
 }
 
 async fn the_workspace_snapshot_and_the_log_agree(db: Db) {
