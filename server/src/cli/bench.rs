@@ -28,8 +28,8 @@ use crate::{
         DEFAULT_CONFIG_TOML, DEFAULT_MAX_OUTPUT_BYTES, EngineConfig, OnOverflow, OutputLimit,
         RoleConfig, RunnerConfig, TaskVia,
     },
-    engine::{Engine, EngineSettings},
-    store::{Change, Outcome, Store},
+    engine::{Created, Engine, EngineSettings},
+    store::{Change, Store},
 };
 
 mod outputs;
@@ -205,7 +205,7 @@ impl Harness {
         let id = change.workflow_id.clone();
         // As the HTTP API does: the engine starts it in the checkpoint that creates it.
         let out = self.handle.create(change).await?;
-        ensure!(matches!(out, Outcome::Committed { .. }), "create refused");
+        ensure!(matches!(out, Created::Committed(_)), "create refused");
         Ok(id)
     }
 }

@@ -44,7 +44,7 @@ use runner::{LogLine, LogSink, Runner};
 
 use crate::{
     config::EngineConfig,
-    store::{Change, Fence, LiveEvent, Outcome, Store},
+    store::{Change, Fence, LiveEvent, Outcome, Rejection, Store},
 };
 
 /// Tuning knobs of the engine.
@@ -138,11 +138,32 @@ pub struct TickOutcome {
     pub events: usize,
 }
 
+/// What became of a new workflow sent to [`EngineHandle::create`].
+#[derive(Debug, Clone)]
+pub enum Created {
+    /// Durable, with its status after that checkpoint: `running` when this engine started it
+    /// there, `pending` when it only created it for whichever instance has room.
+    Committed(WorkflowStatus),
+    /// Not written, and why (an idempotent replay, a refused value).
+    Rejected(Rejection),
+}
+
+impl From<&Outcome> for Created {
+    /// Only the status: the creator does not need the events and state the engine keeps
+    /// (copying them for every new workflow was a measurable part of starting 500 at once).
+    fn from(outcome: &Outcome) -> Self {
+        match outcome {
+            Outcome::Committed { state, .. } => Self::Committed(state.status),
+            Outcome::Rejected(r) => Self::Rejected(r.clone()),
+        }
+    }
+}
+
 /// A new workflow on its way to the loop's next checkpoint.
 #[derive(Debug)]
 struct Creation {
     change: Change,
-    reply: oneshot::Sender<anyhow::Result<Outcome>>,
+    reply: oneshot::Sender<anyhow::Result<Created>>,
 }
 
 /// The cheap, cloneable side of the engine: send it new workflows and controls.
@@ -154,9 +175,9 @@ pub struct EngineHandle {
 
 impl EngineHandle {
     /// Commits a new workflow (a [`Change::created`]) with the engine's next checkpoint and
-    /// answers its outcome once durable. With room for it, the engine starts it in that same
+    /// answers once it is durable. With room for it, the engine starts it in that same
     /// checkpoint; otherwise it is only created, for whichever instance has room to claim.
-    pub async fn create(&self, change: Change) -> anyhow::Result<Outcome> {
+    pub async fn create(&self, change: Change) -> anyhow::Result<Created> {
         let (reply, rx) = oneshot::channel();
         self.creations
             .send(Creation { change, reply })

@@ -10,7 +10,7 @@ use cairn::{Event, EventRecord, RetryDecision, TemplateContext, WorkflowState, W
 use chrono::{DateTime, SubsecRound, Utc};
 
 use super::{
-    Engine, Finished, Owned, Produced, TickOutcome,
+    Created, Engine, Finished, Owned, Produced, TickOutcome,
     runner::{Attempt, RunError},
 };
 use crate::store::{Change, Outcome, Rejection, Stamped};
@@ -229,11 +229,11 @@ impl Engine {
             }
         };
         for (reply, result) in plain_replies.into_iter().zip(outcomes.split_off(ids.len())) {
-            let _ = reply.send(Ok(result));
+            let _ = reply.send(Ok(Created::from(&result)));
         }
         for ((id, draft), result) in ids.into_iter().zip(drafts).zip(outcomes) {
             if let Some((_, reply)) = creating.remove(&id) {
-                let _ = reply.send(Ok(result.clone()));
+                let _ = reply.send(Ok(Created::from(&result)));
                 if matches!(result, Outcome::Rejected(_)) {
                     // Not created (an idempotent replay, a refused value): nothing to run.
                     self.drop_owned(&id);

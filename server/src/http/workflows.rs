@@ -17,8 +17,8 @@ use sha2::{Digest, Sha256};
 
 use super::{ApiError, AppState, ErrorDetail, auth::Caller};
 use crate::{
-    engine::{Control, ControlError},
-    store::{Change, ListQuery, Outcome, Rejection, WorkflowSummary},
+    engine::{Control, ControlError, Created},
+    store::{Change, ListQuery, Rejection, WorkflowSummary},
 };
 
 /// Longest accepted `Idempotency-Key`.
@@ -244,8 +244,8 @@ pub async fn create(
         ApiError::Unavailable(e)
     })?;
     match outcome {
-        Outcome::Committed { state: wf, .. } => Ok((id, wf.status, false)),
-        Outcome::Rejected(Rejection::IdempotentReplay(Some(existing))) => {
+        Created::Committed(status) => Ok((id, status, false)),
+        Created::Rejected(Rejection::IdempotentReplay(Some(existing))) => {
             let status = state
                 .store
                 .load(&existing)
@@ -254,10 +254,10 @@ pub async fn create(
                 .unwrap_or(WorkflowStatus::Pending);
             Ok((existing, status, true))
         }
-        Outcome::Rejected(Rejection::IdempotentReplay(None)) => Err(ApiError::Conflict(
+        Created::Rejected(Rejection::IdempotentReplay(None)) => Err(ApiError::Conflict(
             "this Idempotency-Key was already used with a different request".into(),
         )),
-        Outcome::Rejected(other) => Err(ApiError::Internal(anyhow::anyhow!(
+        Created::Rejected(other) => Err(ApiError::Internal(anyhow::anyhow!(
             "creating a workflow was refused: {other}"
         ))),
     }

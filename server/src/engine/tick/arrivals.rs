@@ -9,14 +9,14 @@ use tokio::sync::oneshot;
 
 use super::Draft;
 use crate::{
-    engine::{Creation, Engine, Owned},
-    store::{Change, Fence, Outcome},
+    engine::{Created, Creation, Engine, Owned},
+    store::{Change, Fence},
 };
 
 /// A new workflow this tick starts: its idempotency key, and where to answer its creator.
 pub(super) type Starting = (
     Option<(String, String)>,
-    oneshot::Sender<anyhow::Result<Outcome>>,
+    oneshot::Sender<anyhow::Result<Created>>,
 );
 
 impl Engine {
