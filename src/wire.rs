@@ -9,7 +9,7 @@
 //! Writing stays derived, so what is written and what is read are the same shapes, which the
 //! round-trip tests check.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, de::DeserializeOwned, de::Error as _};
@@ -162,7 +162,7 @@ read_by_fields! {
         // States stored before workspaces existed belong to the default one.
         workspace: f.or("workspace", crate::DEFAULT_WORKSPACE.to_string())?,
         status: f.required("status")?,
-        spec: f.optional("spec")?,
+        spec: f.optional::<ValidSpec>("spec")?.map(Arc::new),
         inputs: f.required::<BTreeMap<String, String>>("inputs")?,
         steps: f.required("steps")?,
         created_at: f.optional_time("created_at")?,

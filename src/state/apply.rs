@@ -4,6 +4,8 @@
 //! the state exactly as it was; nothing here can panic (no indexing without a prior lookup,
 //! no arithmetic that can overflow).
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 
 use super::{
@@ -192,7 +194,7 @@ impl WorkflowState {
         self.workspace = workspace.unwrap_or(crate::DEFAULT_WORKSPACE).to_string();
         self.inputs = spec.inputs.clone();
         self.steps = spec.steps.iter().map(StepState::pending).collect();
-        self.spec = Some(spec.clone());
+        self.spec = Some(Arc::new(spec.clone()));
         self.status = WorkflowStatus::Pending;
         self.created_at = Some(at);
         Ok(())

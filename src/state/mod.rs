@@ -11,7 +11,7 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -248,8 +248,10 @@ pub struct WorkflowState {
     pub workspace: String,
     /// Where it is.
     pub status: WorkflowStatus,
-    /// Its spec (`None` before `workflow.created`).
-    pub spec: Option<ValidSpec>,
+    /// Its spec (`None` before `workflow.created`). Shared: it never changes once created,
+    /// and every copy of the state (the engine's working copy of each checkpoint, a
+    /// snapshot) points at the same one instead of copying every step's definition.
+    pub spec: Option<Arc<ValidSpec>>,
     /// Its inputs.
     pub inputs: BTreeMap<String, String>,
     /// Its steps, in spec order.

@@ -7,7 +7,10 @@
 //! arrays; SQLite: multi-row `VALUES`, one statement per 2,000 rows). So a group costs a
 //! constant number of round trips however many changes it carries.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    sync::Arc,
+};
 
 use anyhow::Context;
 use cairn::WorkflowState;
@@ -306,7 +309,9 @@ pub(super) fn decode_state(state: &str, spec: Option<&str>) -> anyhow::Result<Wo
     let mut decoded: WorkflowState =
         serde_json::from_str(state).context("decoding a stored workflow state")?;
     if let Some(spec) = spec {
-        decoded.spec = Some(serde_json::from_str(spec).context("decoding a stored spec")?);
+        decoded.spec = Some(Arc::new(
+            serde_json::from_str(spec).context("decoding a stored spec")?,
+        ));
     }
     Ok(decoded)
 }

@@ -33,7 +33,7 @@ fn events_that_do_not_fit_are_refused_and_change_nothing() {
         step_id: None,
         error: "e".into(),
     });
-    let spec = h.state.spec.clone().unwrap();
+    let spec = (**h.state.spec.as_ref().unwrap()).clone();
     h.refused(Event::WorkflowCreated {
         spec,
         by: None,
