@@ -1,0 +1,101 @@
+//! After a checkpoint is durable: the engine takes in the committed state and launches the
+//! attempts it started, each as a task of its own.
+
+use cairn::{WorkflowState, WorkflowStatus};
+
+use crate::engine::{
+    Engine, Finished, Produced,
+    runner::{Attempt, RunError},
+};
+
+impl Engine {
+    /// Takes in a committed state and launches its attempts; `true` when the workflow should
+    /// be released (paused: nothing runs until a person decides, and then any instance may
+    /// pick it up).
+    pub(super) fn after_commit(
+        &mut self,
+        id: &str,
+        state: WorkflowState,
+        launches: Vec<(String, String)>,
+    ) -> bool {
+        let status = state.status;
+        let Some(owned) = self.owned.get_mut(id) else {
+            return false;
+        };
+        owned.state = state;
+        let epoch = owned.fence.epoch;
+        for (step_id, task) in launches {
+            self.launch(id, &step_id, task, epoch);
+        }
+        if status.is_terminal() || status == WorkflowStatus::Paused {
+            self.drop_owned(id);
+        }
+        status == WorkflowStatus::Paused
+    }
+
+    pub(super) fn launch(&mut self, workflow_id: &str, step_id: &str, task: String, epoch: i64) {
+        let Some(owned) = self.owned.get_mut(workflow_id) else {
+            return;
+        };
+        let Some(step) = owned.state.step(step_id) else {
+            return;
+        };
+        let Some(def) = owned.state.spec.as_ref().and_then(|s| s.step(step_id)) else {
+            return;
+        };
+        let attempt = Attempt {
+            workflow_id: workflow_id.to_string(),
+            step_id: step_id.to_string(),
+            attempt: step.attempt,
+            lifetime_attempt: step.attempts.len() as u32,
+            role: def.role.clone(),
+            task,
+            inputs: owned.state.inputs.clone(),
+            session_id: step.session_id.clone(),
+            params: def.params.clone(),
+        };
+        let timeout = std::time::Duration::from_secs(def.timeout_s);
+        let runner = self.runners.get(&def.role).cloned();
+        let token = tokio_util::sync::CancellationToken::new();
+        owned.attempts.insert(step_id.to_string(), token.clone());
+        let logs = self.logs_tx.clone();
+        self.in_flight.spawn(async move {
+            let started = std::time::Instant::now();
+            let result = match runner {
+                None => Err(RunError {
+                    message: format!(
+                        "invalid configuration: role '{}' is not bound to a runner",
+                        attempt.role
+                    ),
+                    is_final: true,
+                }),
+                Some(runner) => {
+                    let run = runner.run(&attempt, &logs, &token);
+                    tokio::pin!(run);
+                    tokio::select! {
+                        r = &mut run => r,
+                        _ = tokio::time::sleep(timeout) => {
+                            token.cancel();
+                            let _ = run.await;
+                            Err(RunError {
+                                message: format!("timed out after {}s", timeout.as_secs()),
+                                is_final: false,
+                            })
+                        }
+                    }
+                }
+            };
+            Finished {
+                workflow_id: attempt.workflow_id,
+                step_id: attempt.step_id,
+                attempt: attempt.attempt,
+                epoch,
+                duration_ms: started.elapsed().as_millis() as u64,
+                result: result.map(|out| Produced {
+                    output: out.output.into(),
+                    session_id: out.session_id,
+                }),
+            }
+        });
+    }
+}
