@@ -20,7 +20,7 @@ use self::{
     arrivals::Starting,
     draft::{Draft, Settled},
 };
-use super::{Created, Engine, TickOutcome};
+use super::{Created, Engine, Finished, TickOutcome};
 use crate::store::{Change, Outcome, Rejection};
 
 /// Claims per tick, so one tick stays short when thousands of workflows wait.
@@ -99,7 +99,8 @@ impl Engine {
                     continue;
                 }
             }
-            self.settle(&id, draft, result, &mut outcome).await?;
+            self.settle(&id, draft, result, &results, &mut outcome)
+                .await?;
         }
         Ok(outcome)
     }
@@ -160,12 +161,14 @@ impl Engine {
 
     /// What the store said of one workflow's change: committed (its attempts launched),
     /// refused as unstorable (its results become failed attempts), or refused because the
-    /// workflow is no longer this engine's as drafted.
+    /// workflow is no longer this engine's as drafted. `results` are the attempt results this
+    /// tick took in, of every workflow.
     async fn settle(
         &mut self,
         id: &str,
         draft: Draft,
         result: Outcome,
+        results: &[Finished],
         outcome: &mut TickOutcome,
     ) -> anyhow::Result<()> {
         match result {
@@ -191,6 +194,11 @@ impl Engine {
                 // again from what is committed.
                 tracing::warn!(workflow = %id, reason = %other, "change refused; reloading the workflow");
                 self.reload(id).await?;
+                // The refused change carried its attempts' results: fold them again, on what is
+                // committed now, at the next tick (where the change made one stale, it is dropped
+                // there). Lost, they would leave their steps running with nothing running them.
+                self.finished
+                    .extend(results.iter().filter(|f| f.workflow_id == id).cloned());
             }
         }
         Ok(())

@@ -36,6 +36,7 @@ crate::both_backends!(
     live_events_come_from_the_log_whoever_wrote_them,
     a_control_committed_elsewhere_reaches_the_engine_that_runs_the_workflow,
     a_chain_created_through_the_engine_costs_four_checkpoints,
+    results_in_a_checkpoint_refused_after_a_control_elsewhere_are_not_lost,
 );
 
 async fn create(store: &Store, spec: serde_json::Value) -> String {
@@ -265,4 +266,78 @@ async fn a_chain_created_through_the_engine_costs_four_checkpoints(db: Db) {
         4,
         "commits for a 3-step chain"
     );
+}
+
+/// A control committed on another instance after the owner last read the log, and before its
+/// checkpoint, makes the store refuse that checkpoint: one of its events no longer applies.
+/// The attempt results the checkpoint carried must not go with it, or their steps would stay
+/// running with nothing running them.
+async fn results_in_a_checkpoint_refused_after_a_control_elsewhere_are_not_lost(db: Db) {
+    let store = db.store().await;
+    let p = json!({ "duration_ms": 0 });
+    let id = create(
+        &store,
+        json!([
+            { "id": "a", "role": "architect", "task": "A", "params": p },
+            { "id": "b", "role": "developer", "task": "B", "params": p },
+            { "id": "c", "role": "tester", "task": "{a.output}C", "deps": ["a"], "params": p }
+        ]),
+    )
+    .await;
+    let mut owner = engine(&store, "owner", false);
+    assert_eq!(owner.tick().await.unwrap().started, 2);
+    assert!(owner.wait_for_attempt().await);
+    assert!(owner.wait_for_attempt().await);
+
+    // `c` is skipped elsewhere. The owner's next checkpoint completes `a` and `b` and starts
+    // `c`, which no longer applies on SQLite, where the owner hears of other writers only at
+    // its next poll of the log (on Postgres it usually hears first, and nothing is refused).
+    let elsewhere = db.store().await;
+    let mut other = engine(&elsewhere, "other", false);
+    other
+        .control(
+            &id,
+            &server::engine::Control::Skip {
+                step_id: "c".into(),
+                output: Some("given".into()),
+            },
+            "someone",
+        )
+        .await
+        .unwrap();
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let s = loop {
+        owner.tick().await.unwrap();
+        let s = store.load(&id).await.unwrap().unwrap();
+        if s.status != WorkflowStatus::Running {
+            break s;
+        }
+        let steps: Vec<_> = s.steps.iter().map(|s| (&s.id, s.status)).collect();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the workflow is stuck: {steps:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(s.status, WorkflowStatus::Completed);
+    let outputs: Vec<_> = s
+        .steps
+        .iter()
+        .map(|s| (s.id.as_str(), s.status, s.output.as_deref()))
+        .collect();
+    assert_eq!(
+        outputs,
+        [
+            ("a", StepStatus::Completed, Some("A")),
+            ("b", StepStatus::Completed, Some("B")),
+            ("c", StepStatus::Skipped, Some("given")),
+        ]
+    );
+    let history = store.history(&id, 0).await.unwrap();
+    let completed = history
+        .iter()
+        .filter(|r| matches!(r.event, Event::StepCompleted { .. }))
+        .count();
+    assert_eq!(completed, 2, "each result is committed once");
 }
