@@ -199,21 +199,7 @@ impl Engine {
                 let state = *state;
                 if let Some(owned) = self.owned.get_mut(workflow_id) {
                     // Attempts whose step the control took away are stopped now.
-                    let stale: Vec<String> = owned
-                        .attempts
-                        .keys()
-                        .filter(|s| {
-                            state
-                                .step(s)
-                                .is_none_or(|st| st.status != StepStatus::Running)
-                        })
-                        .cloned()
-                        .collect();
-                    for s in stale {
-                        if let Some(t) = owned.attempts.remove(&s) {
-                            t.cancel();
-                        }
-                    }
+                    owned.stop_replaced(&state);
                     owned.state = state.clone();
                     if let Some((step_id, output)) = whole {
                         owned.whole_outputs.insert(step_id, output);

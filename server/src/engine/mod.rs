@@ -79,8 +79,8 @@ impl Default for EngineSettings {
 struct Owned {
     state: WorkflowState,
     fence: Fence,
-    /// Cancel tokens of its attempts in flight, by step.
-    attempts: HashMap<String, CancellationToken>,
+    /// Its attempts in flight, by step: which launch, and how to stop it.
+    attempts: HashMap<String, Launched>,
     /// Log lines seen per step: (attempt, count), for the per-attempt cap.
     log_counts: HashMap<String, (u32, u32)>,
     /// The whole outputs of steps whose state carries only a preview, by step, for the
@@ -92,9 +92,36 @@ struct Owned {
     fail_next: Option<String>,
 }
 
+/// An attempt this engine launched and has not taken the result of yet.
+#[derive(Debug)]
+struct Launched {
+    /// Unique within this engine: only the result of a step's current launch counts.
+    launch: u64,
+    cancel: CancellationToken,
+}
+
+impl Owned {
+    /// Stops and forgets the attempts whose step `state` no longer has running: a control
+    /// took it away, or a change committed elsewhere reset it (a retry of a step before it).
+    /// Their results belong to nobody, even if the step starts again under the same number.
+    fn stop_replaced(&mut self, state: &WorkflowState) {
+        self.attempts.retain(|step_id, launched| {
+            let running = state
+                .step(step_id)
+                .is_some_and(|s| s.status == cairn::StepStatus::Running);
+            if !running {
+                launched.cancel.cancel();
+            }
+            running
+        });
+    }
+}
+
 /// An attempt that ended, on its way back to the loop.
 #[derive(Debug, Clone)]
 struct Finished {
+    /// The launch it ran as ([`Launched::launch`]).
+    launch: u64,
     workflow_id: String,
     step_id: String,
     attempt: u32,
@@ -217,6 +244,8 @@ pub struct Engine {
     settings: EngineSettings,
     owned: HashMap<String, Owned>,
     in_flight: JoinSet<Finished>,
+    /// Attempts launched so far: the next launch's number.
+    launches: u64,
     finished: Vec<Finished>,
     logs_tx: LogSink,
     logs_rx: mpsc::Receiver<LogLine>,
@@ -262,6 +291,7 @@ impl Engine {
             settings,
             owned: HashMap::new(),
             in_flight: JoinSet::new(),
+            launches: 0,
             finished: Vec::new(),
             logs_tx,
             logs_rx,
@@ -317,8 +347,8 @@ impl Engine {
             }
         }
         for owned in self.owned.values() {
-            for token in owned.attempts.values() {
-                token.cancel();
+            for launched in owned.attempts.values() {
+                launched.cancel.cancel();
             }
         }
         // Creations never committed are answered (dropping them says the engine stopped).

@@ -217,8 +217,8 @@ impl Engine {
     /// Forgets a workflow and stops its attempts.
     pub(super) fn drop_owned(&mut self, id: &str) {
         if let Some(owned) = self.owned.remove(id) {
-            for token in owned.attempts.values() {
-                token.cancel();
+            for launched in owned.attempts.values() {
+                launched.cancel.cancel();
             }
         }
     }
@@ -231,21 +231,7 @@ impl Engine {
         match self.store.load(id).await? {
             Some(state) if state.status == WorkflowStatus::Running => {
                 if let Some(o) = self.owned.get_mut(id) {
-                    let stale: Vec<String> = o
-                        .attempts
-                        .keys()
-                        .filter(|s| {
-                            state
-                                .step(s)
-                                .is_none_or(|st| st.status != cairn::StepStatus::Running)
-                        })
-                        .cloned()
-                        .collect();
-                    for s in stale {
-                        if let Some(t) = o.attempts.remove(&s) {
-                            t.cancel();
-                        }
-                    }
+                    o.stop_replaced(&state);
                     o.state = state;
                 }
             }

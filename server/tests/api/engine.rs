@@ -37,6 +37,7 @@ crate::both_backends!(
     a_control_committed_elsewhere_reaches_the_engine_that_runs_the_workflow,
     a_chain_created_through_the_engine_costs_four_checkpoints,
     results_in_a_checkpoint_refused_after_a_control_elsewhere_are_not_lost,
+    an_attempt_reset_by_a_retry_elsewhere_is_stopped_and_its_result_ignored,
 );
 
 async fn create(store: &Store, spec: serde_json::Value) -> String {
@@ -340,4 +341,77 @@ async fn results_in_a_checkpoint_refused_after_a_control_elsewhere_are_not_lost(
         .filter(|r| matches!(r.event, Event::StepCompleted { .. }))
         .count();
     assert_eq!(completed, 2, "each result is committed once");
+}
+
+/// A retry sent to another instance resets the steps after the retried one, and so takes
+/// away an attempt the owner is running. When the owner's next checkpoint is folded onto that
+/// change before the owner has read it in the log, the attempt must still be stopped, and what
+/// it returns must not count for the step when it starts again under the same number.
+async fn an_attempt_reset_by_a_retry_elsewhere_is_stopped_and_its_result_ignored(db: Db) {
+    let store = db.store().await;
+    let id = create(
+        &store,
+        json!([
+            { "id": "u", "role": "architect", "task": "U", "params": { "duration_ms": 0 } },
+            { "id": "x", "role": "developer", "task": "X", "params": { "duration_ms": 200 } },
+            { "id": "d", "role": "tester", "task": "{u.output}D", "deps": ["u"], "params": { "duration_ms": 60000 } }
+        ]),
+    )
+    .await;
+    let mut owner = engine(&store, "owner", false);
+    assert_eq!(owner.tick().await.unwrap().started, 2);
+    assert!(owner.wait_for_attempt().await); // u
+    assert_eq!(owner.tick().await.unwrap().started, 1); // d, for a minute
+
+    let elsewhere = db.store().await;
+    let mut other = engine(&elsewhere, "other", false);
+    other
+        .control(
+            &id,
+            &server::engine::Control::RetryStep {
+                step_id: "u".into(),
+            },
+            "someone",
+        )
+        .await
+        .unwrap();
+    // x finishes; on SQLite the owner commits it onto the retry without having read it.
+    assert!(owner.wait_for_attempt().await);
+    owner.tick().await.unwrap();
+
+    // d's first attempt is stopped, not left running for its minute.
+    let stopped =
+        tokio::time::timeout(std::time::Duration::from_secs(10), owner.wait_for_attempt())
+            .await
+            .expect("the attempt the retry took away was not stopped");
+    assert!(stopped);
+
+    // u runs again, and d starts again under the same attempt number.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        owner.tick().await.unwrap();
+        let s = store.load(&id).await.unwrap().unwrap();
+        if s.step("d").unwrap().status == StepStatus::Running {
+            assert_eq!(s.step("d").unwrap().attempt, 1);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "d never started again"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    owner.tick().await.unwrap();
+    assert_eq!(owner.in_flight_count(), 1, "only d's new attempt runs");
+    let history = store.history(&id, 0).await.unwrap();
+    let of_d: Vec<&str> = history
+        .iter()
+        .filter(|r| r.event.step_id() == Some("d"))
+        .map(|r| r.event.type_name())
+        .collect();
+    assert_eq!(
+        of_d,
+        ["step.started", "step.started"],
+        "the stopped attempt's end is not d's"
+    );
 }

@@ -29,6 +29,7 @@ pub(super) struct Draft {
 
 /// An attempt result folded into a draft.
 pub(super) struct Settled {
+    pub(super) launch: u64,
     pub(super) step_id: String,
     pub(super) attempt: u32,
     pub(super) epoch: i64,

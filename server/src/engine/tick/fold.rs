@@ -83,7 +83,10 @@ impl Engine {
                 // Started under an older lease: its result belongs to nobody now.
                 continue;
             }
-            owned.attempts.remove(&f.step_id);
+            if owned.attempts.get(&f.step_id).map(|l| l.launch) != Some(f.launch) {
+                // Stopped or replaced meanwhile: the step's current attempt, if any, is another.
+                continue;
+            }
             let random = self.rng.f64();
             let Some(d) = self.draft(drafts, &f.workflow_id) else {
                 continue;
@@ -97,6 +100,7 @@ impl Engine {
             }
             n += 1;
             d.results.push(Settled {
+                launch: f.launch,
                 step_id: f.step_id.clone(),
                 attempt: f.attempt,
                 epoch: f.epoch,
@@ -225,6 +229,7 @@ impl Engine {
         }
         for r in results {
             self.finished.push(Finished {
+                launch: r.launch,
                 workflow_id: id.to_string(),
                 step_id: r.step_id,
                 attempt: r.attempt,

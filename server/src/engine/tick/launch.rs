@@ -4,7 +4,7 @@
 use cairn::{WorkflowState, WorkflowStatus};
 
 use crate::engine::{
-    Engine, Finished, Produced,
+    Engine, Finished, Launched, Produced,
     runner::{Attempt, RunError},
 };
 
@@ -22,6 +22,10 @@ impl Engine {
         let Some(owned) = self.owned.get_mut(id) else {
             return false;
         };
+        // The store folds onto what is committed, which may hold a change made elsewhere since
+        // this engine last read the log (a retry that reset a running step): that attempt is
+        // stopped here, since the log will not say so again.
+        owned.stop_replaced(&state);
         owned.state = state;
         let epoch = owned.fence.epoch;
         for (step_id, task) in launches {
@@ -57,7 +61,15 @@ impl Engine {
         let timeout = std::time::Duration::from_secs(def.timeout_s);
         let runner = self.runners.get(&def.role).cloned();
         let token = tokio_util::sync::CancellationToken::new();
-        owned.attempts.insert(step_id.to_string(), token.clone());
+        self.launches += 1;
+        let launch = self.launches;
+        owned.attempts.insert(
+            step_id.to_string(),
+            Launched {
+                launch,
+                cancel: token.clone(),
+            },
+        );
         let logs = self.logs_tx.clone();
         self.in_flight.spawn(async move {
             let started = std::time::Instant::now();
@@ -86,6 +98,7 @@ impl Engine {
                 }
             };
             Finished {
+                launch,
                 workflow_id: attempt.workflow_id,
                 step_id: attempt.step_id,
                 attempt: attempt.attempt,
