@@ -48,15 +48,30 @@ impl Engine {
         self.take_in().await?;
 
         let mut drafts: HashMap<String, Draft> = HashMap::new();
-        if self.claim_due {
-            outcome.claimed = self.claim(now, &mut drafts).await?;
-        }
+        let claimed = if self.claim_due {
+            self.claim(now, &mut drafts).await?
+        } else {
+            Vec::new()
+        };
+        outcome.claimed = claimed.len();
         // New workflows: started in the checkpoint that creates them when there is room.
         while let Ok(c) = self.creations.try_recv() {
             self.arriving.push(c);
         }
         let (mut creating, plain) = self.take_arrivals(now, &mut drafts);
-        self.load_whole_outputs().await?;
+        if let Err(e) = self.load_whole_outputs().await {
+            self.let_go(&claimed).await;
+            for (id, (_, reply)) in creating {
+                self.drop_owned(&id);
+                let _ = reply.send(Err(anyhow::anyhow!("checkpoint failed: {e:#}")));
+            }
+            for c in plain {
+                let _ = c
+                    .reply
+                    .send(Err(anyhow::anyhow!("checkpoint failed: {e:#}")));
+            }
+            return Err(e);
+        }
         // Kept until the commit is durable: if it fails, the results are folded again at the
         // next tick instead of being lost (which would leave their steps running forever).
         let results = self.finished.clone();
@@ -77,6 +92,7 @@ impl Engine {
             Ok(outcomes) => outcomes,
             Err(e) => {
                 self.finished.extend(results);
+                self.let_go(&claimed).await;
                 for (id, (_, reply)) in creating {
                     self.drop_owned(&id);
                     let _ = reply.send(Err(anyhow::anyhow!("checkpoint failed: {e:#}")));
@@ -100,9 +116,30 @@ impl Engine {
                 }
             }
             self.settle(&id, draft, result, &results, &mut outcome)
-                .await?;
+                .await;
         }
         Ok(outcome)
+    }
+
+    /// Lets go of workflows claimed in a tick whose checkpoint failed: their first events
+    /// (started, or stalled and resumed) were in it, so holding them would leave them
+    /// unstarted with their lease renewed forever. Their leases are given back so that the
+    /// next claim (this engine's, or another's) starts over; if the database cannot be
+    /// reached to do so, they expire.
+    async fn let_go(&mut self, claimed: &[String]) {
+        for id in claimed {
+            self.drop_owned(id);
+        }
+        for id in claimed {
+            if let Err(e) = self.store.release(&self.instance, id).await {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "giving back leases; they will expire instead"
+                );
+                break;
+            }
+        }
+        self.claim_due = true;
     }
 
     /// Takes in what happened since the last tick without waiting: finished attempts, log
@@ -119,8 +156,14 @@ impl Engine {
         }
         self.renew_if_due().await?;
         self.observe_log();
-        for id in std::mem::take(&mut self.changed_elsewhere) {
-            self.reload(&id).await?;
+        let mut changed = std::mem::take(&mut self.changed_elsewhere).into_iter();
+        while let Some(id) = changed.next() {
+            if let Err(e) = self.reload(&id).await {
+                // Tried again at the next tick, with the ones not reached.
+                self.changed_elsewhere.insert(id);
+                self.changed_elsewhere.extend(changed);
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -162,7 +205,9 @@ impl Engine {
     /// What the store said of one workflow's change: committed (its attempts launched),
     /// refused as unstorable (its results become failed attempts), or refused because the
     /// workflow is no longer this engine's as drafted. `results` are the attempt results this
-    /// tick took in, of every workflow.
+    /// tick took in, of every workflow. A store error here is logged and left for a later
+    /// tick, never returned: the other workflows of the checkpoint must still be settled
+    /// (their attempts launched), whatever happens to this one.
     async fn settle(
         &mut self,
         id: &str,
@@ -170,7 +215,7 @@ impl Engine {
         result: Outcome,
         results: &[Finished],
         outcome: &mut TickOutcome,
-    ) -> anyhow::Result<()> {
+    ) {
         match result {
             Outcome::Committed { records, state } => {
                 outcome.events += records.len();
@@ -178,8 +223,11 @@ impl Engine {
                 if let Some(o) = self.owned.get_mut(id) {
                     o.unstorable = 0;
                 }
-                if self.after_commit(id, *state, draft.launches) {
-                    self.store.release(&self.instance, id).await?;
+                if self.after_commit(id, *state, draft.launches)
+                    && let Err(e) = self.store.release(&self.instance, id).await
+                {
+                    // Paused: whoever resumes it claims it once the lease has expired.
+                    tracing::warn!(workflow = %id, error = format!("{e:#}"), "releasing a paused workflow; its lease will expire instead");
                 }
             }
             Outcome::Rejected(Rejection::Unstorable(reason)) => {
@@ -193,7 +241,10 @@ impl Engine {
                 // Someone changed the workflow under us (a control from elsewhere): start
                 // again from what is committed.
                 tracing::warn!(workflow = %id, reason = %other, "change refused; reloading the workflow");
-                self.reload(id).await?;
+                if let Err(e) = self.reload(id).await {
+                    tracing::warn!(workflow = %id, error = format!("{e:#}"), "reloading a workflow; trying again at the next tick");
+                    self.changed_elsewhere.insert(id.to_string());
+                }
                 // The refused change carried its attempts' results: fold them again, on what is
                 // committed now, at the next tick (where the change made one stale, it is dropped
                 // there). Lost, they would leave their steps running with nothing running them.
@@ -201,7 +252,6 @@ impl Engine {
                     .extend(results.iter().filter(|f| f.workflow_id == id).cloned());
             }
         }
-        Ok(())
     }
 
     /// The draft of workflow `id`, begun from a copy of its state on first use; `None` when

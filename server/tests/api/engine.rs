@@ -415,3 +415,59 @@ async fn an_attempt_reset_by_a_retry_elsewhere_is_stopped_and_its_result_ignored
         "the stopped attempt's end is not d's"
     );
 }
+
+/// A workflow claimed in a tick whose checkpoint then fails (the database went away between
+/// the claim and the commit) must not stay claimed and unstarted: its first events were in
+/// that checkpoint. Postgres only: a trigger makes the checkpoint fail as a lost connection
+/// would (an error that is not a refused value, so the whole group fails).
+#[tokio::test]
+async fn a_workflow_claimed_in_a_failed_checkpoint_runs_once_the_database_is_back() {
+    let db = Db::postgres().await;
+    let Db::Postgres(pg) = &db else {
+        unreachable!()
+    };
+    let store = db.store().await;
+    let id = create(
+        &store,
+        json!({ "id": "s", "role": "developer", "task": "T", "params": { "duration_ms": 0 } }),
+    )
+    .await;
+    let mut sql = pg.connect().await;
+    for stmt in [
+        "CREATE FUNCTION cairn.refuse() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'the database is away'; END $$",
+        "CREATE TRIGGER refuse BEFORE INSERT ON cairn.events FOR EACH ROW EXECUTE FUNCTION cairn.refuse()",
+    ] {
+        sqlx::query(stmt).execute(&mut sql).await.unwrap();
+    }
+    let mut owner = engine(&store, "owner", false);
+    assert!(owner.tick().await.is_err(), "the checkpoint must fail");
+    assert_eq!(
+        owner.owned_count(),
+        0,
+        "the claim is let go with its checkpoint"
+    );
+
+    sqlx::query("DROP TRIGGER refuse ON cairn.events")
+        .execute(&mut sql)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        owner.tick().await.unwrap();
+        while owner.in_flight_count() > 0 {
+            assert!(owner.wait_for_attempt().await);
+            owner.tick().await.unwrap();
+        }
+        let s = store.load(&id).await.unwrap().unwrap();
+        if s.status == WorkflowStatus::Completed {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the workflow stayed {}",
+            s.status
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

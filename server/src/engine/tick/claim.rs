@@ -12,12 +12,12 @@ use crate::engine::{Engine, Owned};
 impl Engine {
     /// Claims up to [`CLAIM_BATCH`] workflows no live engine holds: pending ones are started,
     /// and ones whose owner stopped renewing are marked stalled and resumed here, so their
-    /// interrupted attempts run again. Returns how many were claimed.
+    /// interrupted attempts run again. Returns the ids claimed.
     pub(super) async fn claim(
         &mut self,
         now: DateTime<Utc>,
         drafts: &mut HashMap<String, Draft>,
-    ) -> anyhow::Result<usize> {
+    ) -> anyhow::Result<Vec<String>> {
         let steal = self.first_claim && self.settings.steal_on_start;
         let ttl = chrono::Duration::from_std(self.settings.lease_ttl)?;
         let claimed = self
@@ -26,7 +26,7 @@ impl Engine {
             .await?;
         self.first_claim = false;
         self.claim_due = claimed.len() as u32 == CLAIM_BATCH;
-        let n = claimed.len();
+        let mut ids = Vec::with_capacity(claimed.len());
         for c in claimed {
             let id = c.state.id.clone();
             // Its own lease lapsed (the loop stood still longer than the TTL) and it took the
@@ -86,8 +86,9 @@ impl Engine {
                     fail_next: None,
                 },
             );
+            ids.push(id.clone());
             drafts.insert(id, draft);
         }
-        Ok(n)
+        Ok(ids)
     }
 }
