@@ -61,15 +61,7 @@ impl Engine {
         let (mut creating, plain) = self.take_arrivals(now, &mut drafts);
         if let Err(e) = self.load_whole_outputs().await {
             self.let_go(&claimed).await;
-            for (id, (_, reply)) in creating {
-                self.drop_owned(&id);
-                let _ = reply.send(Err(anyhow::anyhow!("checkpoint failed: {e:#}")));
-            }
-            for c in plain {
-                let _ = c
-                    .reply
-                    .send(Err(anyhow::anyhow!("checkpoint failed: {e:#}")));
-            }
+            self.refuse_arrivals(&e, creating, plain.into_iter().map(|c| c.reply));
             return Err(e);
         }
         // Kept until the commit is durable: if it fails, the results are folded again at the
@@ -93,13 +85,7 @@ impl Engine {
             Err(e) => {
                 self.finished.extend(results);
                 self.let_go(&claimed).await;
-                for (id, (_, reply)) in creating {
-                    self.drop_owned(&id);
-                    let _ = reply.send(Err(anyhow::anyhow!("checkpoint failed: {e:#}")));
-                }
-                for reply in plain_replies {
-                    let _ = reply.send(Err(anyhow::anyhow!("checkpoint failed: {e:#}")));
-                }
+                self.refuse_arrivals(&e, creating, plain_replies);
                 return Err(e);
             }
         };
@@ -119,6 +105,23 @@ impl Engine {
                 .await;
         }
         Ok(outcome)
+    }
+
+    /// Answers the creators of a tick whose checkpoint failed with the reason, and forgets
+    /// the new workflows it would have started: nothing of them was written.
+    fn refuse_arrivals(
+        &mut self,
+        e: &anyhow::Error,
+        creating: HashMap<String, Starting>,
+        plain: impl IntoIterator<Item = tokio::sync::oneshot::Sender<anyhow::Result<Created>>>,
+    ) {
+        for (id, (_, reply)) in creating {
+            self.drop_owned(&id);
+            let _ = reply.send(Err(anyhow::anyhow!("checkpoint failed: {e:#}")));
+        }
+        for reply in plain {
+            let _ = reply.send(Err(anyhow::anyhow!("checkpoint failed: {e:#}")));
+        }
     }
 
     /// Lets go of workflows claimed in a tick whose checkpoint failed: their first events
