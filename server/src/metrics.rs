@@ -145,6 +145,12 @@ pub fn leases_lost(n: usize) {
     }
 }
 
+/// One turn of the engine loop. A count that climbs while nothing happens is a loop that
+/// spins (each turn may query the database).
+pub fn engine_tick() {
+    counter!("cairn_engine_ticks_total").increment(1);
+}
+
 /// Open SSE streams on this instance.
 pub fn sse_clients(open: usize) {
     gauge!("cairn_sse_clients").set(open as f64);

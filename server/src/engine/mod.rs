@@ -313,6 +313,7 @@ impl Engine {
     /// killed) and left for the next owner to run again, as after a crash.
     pub async fn run(mut self, shutdown: CancellationToken) {
         loop {
+            crate::metrics::engine_tick();
             if let Err(e) = self.tick().await {
                 tracing::error!(error = format!("{e:#}"), "engine tick failed; retrying");
                 tokio::select! {
@@ -359,13 +360,18 @@ impl Engine {
     }
 
     /// When the loop must look again even if nothing happens: the earliest retry, the next
-    /// lease renewal, the next poll.
+    /// lease renewal, the next poll. A retry is no reason while every slot is taken: it could
+    /// not start, and an overdue one would wake the loop again at once, turn after turn, until
+    /// a slot frees (which wakes the loop anyway).
     fn next_deadline(&self) -> tokio::time::Instant {
         let now_tokio = tokio::time::Instant::now();
         let now = Utc::now();
         let mut deadline = now_tokio + self.settings.poll_interval;
         let renew_at = self.last_renewal + self.settings.lease_ttl / 3;
         deadline = deadline.min(renew_at);
+        if self.in_flight.len() >= self.settings.max_concurrency {
+            return deadline;
+        }
         for o in self.owned.values() {
             if o.state.status == WorkflowStatus::Running
                 && let Some(at) = o.state.next_wake()

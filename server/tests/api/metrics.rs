@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use prometheus_parse::{Scrape, Value};
 use serde_json::json;
 
-use crate::helpers::{get_json, serve_binary, start_on, wait_completed};
+use crate::helpers::{get_json, serve_binary, serve_binary_on, start_on, wait_completed};
 
 fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     scrape
@@ -114,6 +114,81 @@ async fn metrics_count_what_happened_in_prometheus_text() {
     assert!(
         health["checkpoint_commit_p95_ms"].as_f64().unwrap() > 0.0,
         "{health}"
+    );
+    child.kill().unwrap();
+    let _ = child.wait();
+}
+
+fn scrape(text: &str) -> Scrape {
+    Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
+}
+
+async fn ticks(client: &reqwest::Client, base: &str) -> f64 {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    value(&scrape(&text), "cairn_engine_ticks_total", &[]).unwrap_or(0.0)
+}
+
+/// With every slot taken, a step whose retry is due cannot start; the engine must wait for a
+/// slot rather than wake up again at once, turn after turn (each turn queries the database),
+/// until one frees.
+#[tokio::test]
+async fn a_retry_due_while_every_slot_is_taken_leaves_the_engine_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cairn.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[engine]\nmax_concurrency = 1\n",
+            server::config::DEFAULT_CONFIG_TOML
+        ),
+    )
+    .unwrap();
+    let url = format!("sqlite://{}", dir.path().join("cairn.db").display());
+    let (mut child, base) = serve_binary_on(&url, Some(&config));
+    let client = reqwest::Client::new();
+    // `flaky` comes first, so it takes the one slot, fails at once and waits 100 ms to retry;
+    // `long` takes the slot meanwhile and keeps it for two seconds.
+    let id = start_on(
+        &client,
+        &base,
+        &json!({ "steps": [
+            { "id": "flaky", "role": "developer", "task": "x",
+              "retry": { "initial_interval_ms": 100, "jitter": false },
+              "params": { "duration_ms": 0, "fail_attempts": 1 } },
+            { "id": "long", "role": "developer", "task": "y", "params": { "duration_ms": 2000 } }
+        ] }),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let wf = get_json(&client, &base, &format!("/api/workflows/{id}")).await;
+        let status = |step: usize| {
+            wf["steps"][step]["status"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        };
+        if status(0) == "retrying" && status(1) == "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never got there: {wf}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = ticks(&client, &base).await;
+    wait_completed(&client, &base, &id, deadline).await;
+    let during = ticks(&client, &base).await - before;
+    // Waiting, the loop turns for the slot that frees, the retry, the end and its polls (every
+    // 500 ms): a handful. Spinning, it turned thousands of times in those two seconds.
+    assert!(
+        during < 100.0,
+        "the engine turned {during} times while it waited for a slot"
     );
     child.kill().unwrap();
     let _ = child.wait();
