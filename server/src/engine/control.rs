@@ -5,7 +5,7 @@
 //! refusals into messages a person understands.
 
 use cairn::{Event, StepStatus, WorkflowState, WorkflowStatus};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 
 use super::{Command, Engine};
 use crate::store::{Change, Outcome, Rejection, Stamped};
@@ -162,7 +162,8 @@ impl Engine {
         control: &Control,
         by: &str,
     ) -> Result<WorkflowState, ControlError> {
-        let now = Utc::now();
+        // Microseconds, as the store keeps them: the state answered and a state read back agree.
+        let now = Utc::now().trunc_subsecs(6);
         let (state, fence) = match self.owned.get(workflow_id) {
             Some(o) => (o.state.clone(), Some(o.fence.clone())),
             None => (
@@ -202,7 +203,8 @@ impl Engine {
                     owned.stop_replaced(&state);
                     owned.state = state.clone();
                     if let Some((step_id, output)) = whole {
-                        owned.whole_outputs.insert(step_id, output);
+                        let finished_at = state.step(&step_id).and_then(|s| s.finished_at);
+                        owned.whole_outputs.keep(step_id, finished_at, output);
                     }
                     if state.status.is_terminal() || state.status == WorkflowStatus::Paused {
                         self.drop_owned(workflow_id);

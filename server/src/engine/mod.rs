@@ -24,6 +24,7 @@
 mod control;
 pub mod runner;
 mod tick;
+mod whole;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -41,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use control::{Control, ControlError};
 use runner::{LogLine, LogSink, Runner};
+use whole::WholeOutputs;
 
 use crate::{
     config::EngineConfig,
@@ -83,9 +85,9 @@ struct Owned {
     attempts: HashMap<String, Launched>,
     /// Log lines seen per step: (attempt, count), for the per-attempt cap.
     log_counts: HashMap<String, (u32, u32)>,
-    /// The whole outputs of steps whose state carries only a preview, by step, for the
-    /// templates of the steps after them.
-    whole_outputs: HashMap<String, Arc<str>>,
+    /// The whole outputs of steps whose state carries only a preview, for the templates of
+    /// the steps after them.
+    whole_outputs: WholeOutputs,
     /// Checkpoints of this workflow the store refused in a row.
     unstorable: u32,
     /// Why the next tick must fail the workflow (its checkpoints keep being refused).
@@ -262,6 +264,8 @@ pub struct Engine {
     log: broadcast::Receiver<Arc<LiveEvent>>,
     /// Workflows this engine holds that someone else changed: reloaded at the next tick.
     changed_elsewhere: HashSet<String>,
+    /// Workflows read back with a step running that this engine runs nothing for.
+    unlaunched: HashSet<String>,
 }
 
 impl Engine {
@@ -305,6 +309,7 @@ impl Engine {
             rng: fastrand::Rng::new(),
             log: store.subscribe(),
             changed_elsewhere: HashSet::new(),
+            unlaunched: HashSet::new(),
         };
         (engine, handle)
     }

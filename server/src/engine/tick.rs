@@ -64,6 +64,7 @@ impl Engine {
             self.refuse_arrivals(&e, creating, plain.into_iter().map(|c| c.reply));
             return Err(e);
         }
+        self.launch_unlaunched();
         // Kept until the commit is durable: if it fails, the results are folded again at the
         // next tick instead of being lost (which would leave their steps running forever).
         let results = self.finished.clone();
@@ -277,15 +278,23 @@ impl Engine {
     }
 
     /// Takes in what is committed for a workflow this engine holds, after someone else
-    /// changed it (a control sent to another instance, which commits through the database):
-    /// attempts whose step is no longer running are stopped, and a workflow that is no longer
-    /// running is let go (a paused one's lease released, so whoever resumes it may run it).
+    /// changed it (a control sent to another instance, which commits through the database)
+    /// or after a checkpoint of it failed: attempts whose step is no longer running are
+    /// stopped, steps running without an attempt are launched before the next decision
+    /// ([`Engine::launch_unlaunched`]), and a workflow that is no longer running is let go (a
+    /// paused one's lease released, so whoever resumes it may run it).
     pub(super) async fn reload(&mut self, id: &str) -> anyhow::Result<()> {
         match self.store.load(id).await? {
             Some(state) if state.status == WorkflowStatus::Running => {
                 if let Some(o) = self.owned.get_mut(id) {
                     o.stop_replaced(&state);
                     o.state = state;
+                    let unlaunched = o.state.steps.iter().any(|s| {
+                        s.status == cairn::StepStatus::Running && !o.attempts.contains_key(&s.id)
+                    });
+                    if unlaunched {
+                        self.unlaunched.insert(id.to_string());
+                    }
                 }
             }
             Some(state) if state.status == WorkflowStatus::Paused => {

@@ -38,6 +38,8 @@ crate::both_backends!(
     a_chain_created_through_the_engine_costs_four_checkpoints,
     results_in_a_checkpoint_refused_after_a_control_elsewhere_are_not_lost,
     an_attempt_reset_by_a_retry_elsewhere_is_stopped_and_its_result_ignored,
+    a_skip_elsewhere_replaces_the_whole_output_the_steps_after_it_render,
+    a_finished_workflow_ends_even_while_every_slot_is_taken,
 );
 
 async fn create(store: &Store, spec: serde_json::Value) -> String {
@@ -470,4 +472,209 @@ async fn a_workflow_claimed_in_a_failed_checkpoint_runs_once_the_database_is_bac
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// A checkpoint that reaches the database but whose answer is lost (the connection drops
+/// right after `COMMIT`): the engine takes it for failed, yet the step it started is durable
+/// as running. It must run, once, rather than stay running with nothing running it; and the
+/// result that checkpoint carried must not be committed twice. Postgres only: a relay in
+/// front of it loses the answer.
+#[tokio::test]
+async fn a_step_started_by_a_checkpoint_whose_answer_was_lost_still_runs_once() {
+    let db = Db::postgres().await;
+    let Db::Postgres(pg) = &db else {
+        unreachable!()
+    };
+    let relay = crate::pg::AnswerLoser::start(pg).await;
+    let store = Store::connect(&relay.url).await.unwrap();
+    let p = json!({ "duration_ms": 0 });
+    let id = create(
+        &store,
+        json!([
+            { "id": "a", "role": "architect", "task": "A", "params": p },
+            { "id": "b", "role": "developer", "task": "{a.output}B", "deps": ["a"], "params": p }
+        ]),
+    )
+    .await;
+    let mut owner = engine(&store, "owner", false);
+    assert_eq!(owner.tick().await.unwrap().started, 1);
+    assert!(owner.wait_for_attempt().await);
+
+    // The checkpoint completing `a` and starting `b` commits, and its answer is lost.
+    relay.lose_next_commit_answer();
+    assert!(owner.tick().await.is_err(), "the answer must be lost");
+    assert_eq!(owner.in_flight_count(), 0, "nothing launched");
+    let s = store.load(&id).await.unwrap().unwrap();
+    assert_eq!(
+        s.step("b").unwrap().status,
+        StepStatus::Running,
+        "yet the checkpoint is durable"
+    );
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let s = loop {
+        owner.tick().await.unwrap();
+        while owner.in_flight_count() > 0 {
+            assert!(owner.wait_for_attempt().await);
+            owner.tick().await.unwrap();
+        }
+        let s = store.load(&id).await.unwrap().unwrap();
+        if s.status != WorkflowStatus::Running {
+            break s;
+        }
+        let steps: Vec<_> = s.steps.iter().map(|s| (&s.id, s.status)).collect();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the workflow is stuck: {steps:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(s.status, WorkflowStatus::Completed);
+    assert_eq!(s.step("b").unwrap().output.as_deref(), Some("AB"));
+    let history = store.history(&id, 0).await.unwrap();
+    let kinds: Vec<(&str, &str)> = history
+        .iter()
+        .filter_map(|r| Some((r.event.step_id()?, r.event.type_name())))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("a", "step.started"),
+            ("a", "step.completed"),
+            ("b", "step.started"),
+            ("b", "step.completed"),
+        ],
+        "each step started and completed once"
+    );
+}
+
+/// A step's whole output is the one its state now has. A step skipped here with a long
+/// output, run again, and then skipped on another instance with another long output: the
+/// step after it must render from the second, which this engine learns of only as a new
+/// state, not from the first, which it still holds.
+async fn a_skip_elsewhere_replaces_the_whole_output_the_steps_after_it_render(db: Db) {
+    let store = db.store().await;
+    let id = create(
+        &store,
+        json!([
+            { "id": "a", "role": "architect", "task": "A",
+              "retry": { "max_attempts": 5, "initial_interval_ms": 30000, "jitter": false },
+              "params": { "duration_ms": 0, "fail_attempts": 99 } },
+            { "id": "b", "role": "developer", "task": "B", "params": { "duration_ms": 2000 } },
+            { "id": "c", "role": "tester", "task": "{a.output}", "deps": ["a", "b"],
+              "params": { "duration_ms": 0 } }
+        ]),
+    )
+    .await;
+    let mut owner = engine(&store, "owner", false);
+    let skip = |output: String| server::engine::Control::Skip {
+        step_id: "a".into(),
+        output: Some(output),
+    };
+    // a fails and waits half a minute to retry; b runs for two seconds.
+    assert_eq!(owner.tick().await.unwrap().started, 2);
+    assert!(owner.wait_for_attempt().await);
+    owner.tick().await.unwrap();
+    owner
+        .control(&id, &skip("x".repeat(70_000)), "someone")
+        .await
+        .unwrap();
+    // Run again, a fails again and waits.
+    owner
+        .control(
+            &id,
+            &server::engine::Control::RetryStep {
+                step_id: "a".into(),
+            },
+            "someone",
+        )
+        .await
+        .unwrap();
+    assert_eq!(owner.tick().await.unwrap().started, 1);
+    assert!(owner.wait_for_attempt().await);
+    owner.tick().await.unwrap();
+    assert_eq!(
+        store
+            .load(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .step("a")
+            .unwrap()
+            .status,
+        StepStatus::Retrying
+    );
+
+    let elsewhere = db.store().await;
+    let mut other = engine(&elsewhere, "other", false);
+    other
+        .control(&id, &skip("y".repeat(80_000)), "someone else")
+        .await
+        .unwrap();
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let s = loop {
+        owner.tick().await.unwrap();
+        let s = store.load(&id).await.unwrap().unwrap();
+        if s.status != WorkflowStatus::Running {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the workflow is stuck"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(s.status, WorkflowStatus::Completed);
+    let c = s.step("c").unwrap();
+    assert_eq!(
+        c.task_bytes,
+        Some(80_000),
+        "c rendered the output a has now"
+    );
+    assert!(c.task.as_deref().unwrap().starts_with('y'));
+}
+
+/// Slots are given oldest workflow first, but a workflow whose last step has completed needs
+/// none to end: it must not wait, `running`, for an older workflow's steps to free one.
+async fn a_finished_workflow_ends_even_while_every_slot_is_taken(db: Db) {
+    let store = db.store().await;
+    let p = json!({ "duration_ms": 0 });
+    let slow = json!({ "duration_ms": 60000 });
+    let older = create(
+        &store,
+        json!([
+            { "id": "x", "role": "architect", "task": "X", "params": p },
+            { "id": "y1", "role": "developer", "task": "Y", "deps": ["x"], "params": slow },
+            { "id": "y2", "role": "developer", "task": "Y", "deps": ["x"], "params": slow },
+            { "id": "y3", "role": "developer", "task": "Y", "deps": ["x"], "params": slow }
+        ]),
+    )
+    .await;
+    let newer = create(
+        &store,
+        json!({ "id": "r", "role": "architect", "task": "R", "params": p }),
+    )
+    .await;
+    let config = EngineConfig::from_toml(DEFAULT_CONFIG_TOML).unwrap();
+    let settings = EngineSettings {
+        max_concurrency: 2,
+        steal_on_start: false,
+        ..EngineSettings::default()
+    };
+    let (mut owner, _) = Engine::new(store.clone(), &config, "owner".into(), settings);
+    assert_eq!(owner.tick().await.unwrap().started, 2, "x and r");
+    assert!(owner.wait_for_attempt().await);
+    assert!(owner.wait_for_attempt().await);
+    // x's end makes three steps ready for two slots; r's end leaves its workflow nothing to do.
+    assert_eq!(owner.tick().await.unwrap().started, 2);
+    owner.tick().await.unwrap();
+    let status = |id: &str| {
+        let store = store.clone();
+        let id = id.to_string();
+        async move { store.load(&id).await.unwrap().unwrap().status }
+    };
+    assert_eq!(status(&newer).await, WorkflowStatus::Completed);
+    assert_eq!(status(&older).await, WorkflowStatus::Running);
+    assert_eq!(owner.in_flight_count(), 2);
 }

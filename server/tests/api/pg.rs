@@ -70,3 +70,92 @@ impl Drop for TestDb {
         .join();
     }
 }
+
+/// A TCP relay in front of a test database that can lose one answer: armed, it passes the
+/// next `COMMIT` on to Postgres, which commits, and then drops the connection instead of
+/// relaying the answer, as a network failing at that moment would. The client cannot tell
+/// whether its transaction committed.
+pub struct AnswerLoser {
+    /// The database's URL through the relay (unencrypted, so that it can see the `COMMIT`).
+    pub url: String,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl AnswerLoser {
+    /// Relays connections to the server `db` is on.
+    pub async fn start(db: &TestDb) -> Self {
+        let (scheme, rest) = db.url.split_once("://").expect("a URL");
+        let (authority, path) = rest.split_once('/').expect("a database name");
+        let (user, server) = authority.rsplit_once('@').expect("a user");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "{scheme}://{user}@{}/{path}?sslmode=disable",
+            listener.local_addr().unwrap()
+        );
+        let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let server = server.to_string();
+        let relay_armed = armed.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(upstream) = tokio::net::TcpStream::connect(&server).await else {
+                    continue;
+                };
+                tokio::spawn(relay(client, upstream, relay_armed.clone()));
+            }
+        });
+        Self { url, armed }
+    }
+
+    /// Loses the answer to the next `COMMIT` that any connection sends.
+    pub fn lose_next_commit_answer(&self) {
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+async fn relay(
+    client: tokio::net::TcpStream,
+    upstream: tokio::net::TcpStream,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut from_client, mut to_client) = client.into_split();
+    let (mut from_server, mut to_server) = upstream.into_split();
+    let losing = AtomicBool::new(false);
+    let up = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from_client.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            // A simple-protocol `COMMIT` (sqlx ends transactions so): 'Q', length, text, NUL.
+            if buf[..n].windows(7).any(|w| w == b"COMMIT\0") && armed.swap(false, SeqCst) {
+                losing.store(true, SeqCst);
+            }
+            if to_server.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    let down = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from_server.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if losing.load(SeqCst) {
+                // The server answered the COMMIT, so it committed: the answer goes nowhere.
+                return;
+            }
+            if to_client.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+    }
+}

@@ -60,7 +60,7 @@ impl Engine {
                     },
                     attempts: HashMap::new(),
                     log_counts: HashMap::new(),
-                    whole_outputs: HashMap::new(),
+                    whole_outputs: Default::default(),
                     unstorable: 0,
                     fail_next: None,
                 },

@@ -81,7 +81,7 @@ impl Engine {
                     fence: c.fence,
                     attempts: HashMap::new(),
                     log_counts: HashMap::new(),
-                    whole_outputs: HashMap::new(),
+                    whole_outputs: Default::default(),
                     unstorable: 0,
                     fail_next: None,
                 },

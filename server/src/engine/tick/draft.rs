@@ -1,13 +1,13 @@
 //! A workflow's draft: the events one tick decides for it, folded as they are decided, and
 //! the task a step is started with, rendered from whole outputs.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use cairn::{Event, EventRecord, TemplateContext, WorkflowState};
 use chrono::{DateTime, Utc};
 
 use super::MAX_TASK_BYTES;
-use crate::store::Stamped;
+use crate::{engine::WholeOutputs, store::Stamped};
 
 /// A workflow's events of this tick, folded as they are decided so that every decision sees
 /// the ones before it (a step that just completed unblocks its dependents in the same tick).
@@ -38,12 +38,12 @@ pub(super) struct Settled {
 
 /// The outputs a template reads: the whole ones the engine holds for steps whose state
 /// carries only a preview, the state's own otherwise.
-struct WholeOutputs<'a> {
+struct Rendering<'a> {
     state: &'a WorkflowState,
-    whole: &'a HashMap<String, Arc<str>>,
+    whole: &'a WholeOutputs,
 }
 
-impl TemplateContext for WholeOutputs<'_> {
+impl TemplateContext for Rendering<'_> {
     fn input(&self, name: &str) -> Option<&str> {
         self.state.input(name)
     }
@@ -52,7 +52,7 @@ impl TemplateContext for WholeOutputs<'_> {
         let s = self.state.step(step)?;
         if s.output_is_cut() {
             // Never render from a preview: a missing whole output is an error, not a cut task.
-            self.whole.get(step).map(|w| &**w)
+            self.whole.get(s)
         } else {
             s.output.as_deref()
         }
@@ -66,7 +66,7 @@ impl TemplateContext for WholeOutputs<'_> {
 /// Renders a step's task from whole outputs, within [`MAX_TASK_BYTES`].
 pub(super) fn render_whole(
     state: &WorkflowState,
-    whole: &HashMap<String, Arc<str>>,
+    whole: &WholeOutputs,
     step_id: &str,
 ) -> Result<String, String> {
     let def = state
@@ -74,7 +74,7 @@ pub(super) fn render_whole(
         .as_ref()
         .and_then(|spec| spec.step(step_id))
         .ok_or_else(|| format!("unknown step '{step_id}'"))?;
-    let ctx = WholeOutputs { state, whole };
+    let ctx = Rendering { state, whole };
     let task = def
         .template()
         .and_then(|t| t.render(&ctx))

@@ -124,7 +124,7 @@ impl Engine {
                     ) && cut
                     {
                         d.outputs.push((d.events.len() - 1, out.output.clone()));
-                        whole.push((f.workflow_id.clone(), f.step_id, out.output));
+                        whole.push((f.workflow_id.clone(), f.step_id, now, out.output));
                     }
                 }
                 Err(RunError { message, is_final }) => {
@@ -171,19 +171,19 @@ impl Engine {
                 }
             }
         }
-        for (workflow_id, step_id, output) in whole {
+        for (workflow_id, step_id, finished_at, output) in whole {
             if let Some(o) = self.owned.get_mut(&workflow_id) {
-                o.whole_outputs.insert(step_id, output);
+                o.whole_outputs.keep(step_id, Some(finished_at), output);
             }
         }
         n
     }
 
     /// Loads the whole outputs that running workflows' templates may read and that the
-    /// engine does not hold yet (a workflow just taken over, a step skipped with a long
-    /// output): the states carry only previews.
+    /// engine does not hold as the states are now (a workflow just taken over, a step skipped
+    /// with a long output, here or elsewhere): the states carry only previews.
     pub(super) async fn load_whole_outputs(&mut self) -> anyhow::Result<()> {
-        let missing: Vec<(String, String)> = self
+        let missing: Vec<_> = self
             .owned
             .iter()
             .filter(|(_, o)| o.state.status == WorkflowStatus::Running)
@@ -192,14 +192,14 @@ impl Engine {
                     .steps
                     .iter()
                     .filter(|s| s.status.is_done() && s.output_is_cut())
-                    .filter(|s| !o.whole_outputs.contains_key(&s.id))
-                    .map(|s| (id.clone(), s.id.clone()))
+                    .filter(|s| o.whole_outputs.get(s).is_none())
+                    .map(|s| (id.clone(), s.id.clone(), s.finished_at))
             })
             .collect();
-        for (workflow_id, step_id) in missing {
+        for (workflow_id, step_id, finished_at) in missing {
             let output = self.store.output(&workflow_id, &step_id).await?;
             if let (Some(o), Some(output)) = (self.owned.get_mut(&workflow_id), output) {
-                o.whole_outputs.insert(step_id, output.into());
+                o.whole_outputs.keep(step_id, finished_at, output.into());
             }
         }
         Ok(())

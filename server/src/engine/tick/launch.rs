@@ -1,14 +1,84 @@
 //! After a checkpoint is durable: the engine takes in the committed state and launches the
 //! attempts it started, each as a task of its own.
 
-use cairn::{WorkflowState, WorkflowStatus};
+use cairn::{StepStatus, WorkflowState, WorkflowStatus};
 
+use super::draft::render_whole;
 use crate::engine::{
     Engine, Finished, Launched, Produced,
     runner::{Attempt, RunError},
 };
 
 impl Engine {
+    /// Launches the steps that workflows read back from the store have running but that this
+    /// engine runs nothing for. Their `step.started` was in a checkpoint whose answer never
+    /// came (the connection dropped after `COMMIT` reached the database): the engine took
+    /// that checkpoint for failed and launched nothing, yet it is durable. Under this engine's
+    /// lease no one else may run them, so they run here, under the number they were started
+    /// with. A task that no longer renders becomes the attempt's failure.
+    pub(super) fn launch_unlaunched(&mut self) {
+        for id in std::mem::take(&mut self.unlaunched) {
+            let Some(owned) = self.owned.get(&id) else {
+                continue;
+            };
+            if owned.state.status != WorkflowStatus::Running {
+                continue;
+            }
+            let epoch = owned.fence.epoch;
+            let tasks: Vec<(String, u32, Result<String, String>)> = owned
+                .state
+                .steps
+                .iter()
+                .filter(|s| s.status == StepStatus::Running && !owned.attempts.contains_key(&s.id))
+                .map(|s| {
+                    let task = render_whole(&owned.state, &owned.whole_outputs, &s.id);
+                    (s.id.clone(), s.attempt, task)
+                })
+                .collect();
+            for (step_id, attempt, task) in tasks {
+                tracing::warn!(workflow = %id, step = %step_id, attempt, "launching an attempt whose start was committed without this engine hearing so");
+                match task {
+                    Ok(task) => self.launch(&id, &step_id, task, epoch),
+                    Err(message) => self.fail_unlaunched(&id, step_id, attempt, epoch, message),
+                }
+            }
+        }
+    }
+
+    /// Records, as the end of an attempt never launched, why it could not be.
+    fn fail_unlaunched(
+        &mut self,
+        id: &str,
+        step_id: String,
+        attempt: u32,
+        epoch: i64,
+        message: String,
+    ) {
+        let Some(owned) = self.owned.get_mut(id) else {
+            return;
+        };
+        self.launches += 1;
+        owned.attempts.insert(
+            step_id.clone(),
+            Launched {
+                launch: self.launches,
+                cancel: tokio_util::sync::CancellationToken::new(),
+            },
+        );
+        self.finished.push(Finished {
+            launch: self.launches,
+            workflow_id: id.to_string(),
+            step_id,
+            attempt,
+            epoch,
+            duration_ms: 0,
+            result: Err(RunError {
+                message,
+                is_final: true,
+            }),
+        });
+    }
+
     /// Takes in a committed state and launches its attempts; `true` when the workflow should
     /// be released (paused: nothing runs until a person decides, and then any instance may
     /// pick it up).

@@ -9,7 +9,8 @@ use super::{Draft, draft::render_whole};
 use crate::engine::Engine;
 
 impl Engine {
-    /// Starts ready steps within the concurrency limit and completes finished workflows.
+    /// Starts ready steps within the concurrency limit and ends finished (or blocked)
+    /// workflows, these even when no slot is free.
     pub(super) fn schedule(&mut self, now: DateTime<Utc>, drafts: &mut HashMap<String, Draft>) {
         let mut free = self
             .settings
@@ -20,7 +21,7 @@ impl Engine {
         ids.sort_by_key(|id| self.owned[id].state.created_at);
         for id in ids {
             // Only workflows with something to do get a draft (a copy of their state): with
-            // thousands running, most are waiting on an attempt at any tick.
+            // thousands running, most are waiting on an attempt or a slot at any tick.
             if !drafts.contains_key(&id)
                 && self.owned.get(&id).is_none_or(|o| {
                     let s = &o.state;
@@ -28,7 +29,7 @@ impl Engine {
                         && (s.status != WorkflowStatus::Running
                             || (!s.is_finished()
                                 && !s.is_blocked()
-                                && s.ready_steps(now).is_empty()))
+                                && (free == 0 || s.ready_steps(now).is_empty())))
                 })
             {
                 continue;
@@ -91,7 +92,8 @@ impl Engine {
                 .collect();
             for step_id in ready {
                 if free == 0 {
-                    return;
+                    // The workflows after this one may still have ended.
+                    break;
                 }
                 let (attempt, session_id) = match d.state.step(&step_id) {
                     Some(s) => (s.attempt + 1, s.session_id.clone()),
