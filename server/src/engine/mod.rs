@@ -314,8 +314,10 @@ impl Engine {
         (engine, handle)
     }
 
-    /// Runs until `shutdown`; attempts still in flight are then abandoned (their processes
-    /// killed) and left for the next owner to run again, as after a crash.
+    /// Runs until `shutdown`; attempts still in flight are then stopped (their processes
+    /// killed) and their workflows handed over: their leases end at once, so the next claim,
+    /// another instance's or the next start's, runs the stopped attempts again without
+    /// waiting for the leases to expire.
     pub async fn run(mut self, shutdown: CancellationToken) {
         loop {
             crate::metrics::engine_tick();
@@ -361,6 +363,17 @@ impl Engine {
         self.arriving.clear();
         self.creations.close();
         self.in_flight.shutdown().await;
+        // Only now that nothing of theirs runs here.
+        let ids: Vec<String> = self.owned.keys().cloned().collect();
+        if !ids.is_empty() {
+            match self.store.hand_over(&self.instance, &ids).await {
+                Ok(held) => tracing::info!(workflows = held.len(), "handed over"),
+                Err(e) => tracing::warn!(
+                    error = format!("{e:#}"),
+                    "handing workflows over; their leases will expire instead"
+                ),
+            }
+        }
         tracing::info!("engine stopped");
     }
 

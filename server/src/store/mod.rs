@@ -316,6 +316,17 @@ impl Store {
         }
     }
 
+    /// Ends `owner`'s leases on `ids` now, as if they had expired: the next claim (any
+    /// instance's) takes each workflow over with `workflow.stalled` and `workflow.resumed`
+    /// instead of waiting out the TTL. The lease rows stay, so the takeover names the old
+    /// owner and moves the epoch on (nothing the old owner started can commit after it).
+    /// Returns the ids whose lease `owner` still held.
+    pub async fn hand_over(&self, owner: &str, ids: &[String]) -> anyhow::Result<Vec<String>> {
+        // A renewal into the past: the same fenced update, by each backend's clock.
+        self.renew(owner, ids, -chrono::Duration::milliseconds(1))
+            .await
+    }
+
     /// Gives up `owner`'s lease on a workflow.
     pub async fn release(&self, owner: &str, workflow_id: &str) -> anyhow::Result<()> {
         match &self.backend {

@@ -255,3 +255,94 @@ async fn a_server_whose_database_connections_die_mid_run_carries_on() {
         assert_eq!(events.len(), 3, "{id}: {events:?}");
     }
 }
+
+/// An instance stopped on purpose (`SIGTERM`, as a rolling deploy does) hands its workflows
+/// over: another instance takes them over at once rather than when the leases expire (a
+/// minute here), runs the stopped attempt again, and nothing completed runs twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_stopped_gracefully_hands_its_workflows_over_at_once() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cairn.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[engine]\nlease_ttl_ms = 60000\n",
+            server::config::DEFAULT_CONFIG_TOML
+        ),
+    )
+    .unwrap();
+    let leaving = serve(&db, &config).await;
+    let staying = serve(&db, &config).await;
+    let client = reqwest::Client::new();
+    let id = start_on(
+        &client,
+        &leaving.url,
+        &json!({ "steps": [
+            { "id": "first", "role": "developer", "task": "1", "params": { "duration_ms": 0 } },
+            { "id": "long", "role": "developer", "task": "2", "deps": ["first"],
+              "params": { "duration_ms": 3000 } }
+        ] }),
+    )
+    .await;
+    // Mid-step on the instance that leaves.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let wf = get_json(&client, &staying.url, &format!("/api/workflows/{id}")).await;
+        if wf["steps"][1]["status"] == "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never started: {wf}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut admin = db.connect().await;
+    let owner: String = sqlx::query_scalar("SELECT owner FROM cairn.leases WHERE workflow_id = $1")
+        .bind(&id)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(owner, leaving.instance);
+
+    let stopped_at = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(leaving.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    // Done well before the minute the lease would have lasted: the step takes 3 s again.
+    wait_completed(
+        &client,
+        &staying.url,
+        &id,
+        stopped_at + Duration::from_secs(30),
+    )
+    .await;
+    drop(leaving);
+
+    let h = get_json(
+        &client,
+        &staying.url,
+        &format!("/api/workflows/{id}/history"),
+    )
+    .await;
+    let events = h["events"].as_array().unwrap();
+    let stalled = events
+        .iter()
+        .find(|e| e["type"] == "workflow.stalled")
+        .expect("taken over");
+    assert_eq!(stalled["previous_owner"], owner.as_str(), "{stalled}");
+    let resumed = events
+        .iter()
+        .find(|e| e["type"] == "workflow.resumed")
+        .expect("resumed");
+    assert_eq!(
+        resumed["by"],
+        format!("recovery:{}", staying.instance).as_str()
+    );
+    let completed: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "step.completed")
+        .map(|e| e["step_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(completed, ["first", "long"], "each step completed once");
+}

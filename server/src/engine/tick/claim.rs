@@ -45,7 +45,9 @@ impl Engine {
                 WorkflowStatus::Running if c.previous_owner.is_some() || interrupted => {
                     let reason = match &c.previous_owner {
                         Some(prev) => {
-                            format!("the engine running it ({prev}) stopped renewing its lease")
+                            format!(
+                                "the engine running it ({prev}) stopped, or stopped renewing its lease"
+                            )
                         }
                         None => "interrupted attempts found without an owner".to_string(),
                     };
