@@ -257,7 +257,9 @@ pub struct Engine {
     /// New workflows waiting for the next checkpoint.
     arriving: Vec<Creation>,
     claim_due: bool,
-    first_claim: bool,
+    /// Taking over the leases of an earlier process at once (start-up, on a single-owner
+    /// store), until a claim finds no more.
+    stealing: bool,
     last_renewal: tokio::time::Instant,
     rng: fastrand::Rng,
     /// The committed log as it grows, whoever writes it.
@@ -304,7 +306,7 @@ impl Engine {
             creations,
             arriving: Vec::new(),
             claim_due: true,
-            first_claim: true,
+            stealing: true,
             last_renewal: tokio::time::Instant::now(),
             rng: fastrand::Rng::new(),
             log: store.subscribe(),

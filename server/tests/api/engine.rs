@@ -40,6 +40,7 @@ crate::both_backends!(
     an_attempt_reset_by_a_retry_elsewhere_is_stopped_and_its_result_ignored,
     a_skip_elsewhere_replaces_the_whole_output_the_steps_after_it_render,
     a_finished_workflow_ends_even_while_every_slot_is_taken,
+    an_engine_claims_only_the_workflows_it_has_slots_for,
 );
 
 async fn create(store: &Store, spec: serde_json::Value) -> String {
@@ -677,4 +678,92 @@ async fn a_finished_workflow_ends_even_while_every_slot_is_taken(db: Db) {
     assert_eq!(status(&newer).await, WorkflowStatus::Completed);
     assert_eq!(status(&older).await, WorkflowStatus::Running);
     assert_eq!(owner.in_flight_count(), 2);
+}
+
+/// Two engines with two slots each and five workflows waiting: the first takes only the two
+/// it can start, so the second finds work; the fifth waits, `pending`, for a free slot
+/// anywhere instead of sitting claimed behind a busy one.
+async fn an_engine_claims_only_the_workflows_it_has_slots_for(db: Db) {
+    let store = db.store().await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(
+            create(
+                &store,
+                json!({ "id": "s", "role": "developer", "task": "T", "params": { "duration_ms": 60000 } }),
+            )
+            .await,
+        );
+    }
+    let config = EngineConfig::from_toml(DEFAULT_CONFIG_TOML).unwrap();
+    let settings = EngineSettings {
+        max_concurrency: 2,
+        steal_on_start: false,
+        ..EngineSettings::default()
+    };
+    let (mut first, _) = Engine::new(store.clone(), &config, "first".into(), settings.clone());
+    let other = db.store().await;
+    let (mut second, _) = Engine::new(other, &config, "second".into(), settings);
+    assert_eq!(first.tick().await.unwrap().claimed, 2);
+    assert_eq!(first.tick().await.unwrap().claimed, 0, "no slot left");
+    assert_eq!(second.tick().await.unwrap().claimed, 2);
+    assert_eq!((first.owned_count(), second.owned_count()), (2, 2));
+    assert_eq!((first.in_flight_count(), second.in_flight_count()), (2, 2));
+    let mut pending = 0;
+    for id in &ids {
+        if store.load(id).await.unwrap().unwrap().status == WorkflowStatus::Pending {
+            pending += 1;
+        }
+    }
+    assert_eq!(pending, 1);
+}
+
+/// SQLite: one process owns the file, so at start-up the leases of the one before are taken
+/// at once, and that holds however many claims it takes to get them all, with fewer slots
+/// than workflows (not only the first claim's worth, the rest waiting out the TTL).
+#[tokio::test]
+async fn at_start_up_every_lease_of_the_previous_process_is_taken_at_once() {
+    let db = Db::sqlite();
+    let store = db.store().await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(
+            create(
+                &store,
+                json!({ "id": "s", "role": "developer", "task": "T", "params": { "duration_ms": 0 } }),
+            )
+            .await,
+        );
+    }
+    // The previous process claimed all five and died with their leases (half a minute).
+    let mut before = engine(&store, "before", false);
+    assert_eq!(before.tick().await.unwrap().claimed, 5);
+    drop(before);
+
+    let config = EngineConfig::from_toml(DEFAULT_CONFIG_TOML).unwrap();
+    let settings = EngineSettings {
+        max_concurrency: 2,
+        ..EngineSettings::default()
+    };
+    let (mut after, _) = Engine::new(store.clone(), &config, "after".into(), settings);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for id in &ids {
+        loop {
+            after.tick().await.unwrap();
+            while after.in_flight_count() > 0 {
+                assert!(after.wait_for_attempt().await);
+                after.tick().await.unwrap();
+            }
+            let s = store.load(id).await.unwrap().unwrap();
+            if s.status == WorkflowStatus::Completed {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{id} waits for its old lease to expire: {}",
+                s.status
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
 }

@@ -10,22 +10,33 @@ use super::{CLAIM_BATCH, Draft};
 use crate::engine::{Engine, Owned};
 
 impl Engine {
-    /// Claims up to [`CLAIM_BATCH`] workflows no live engine holds: pending ones are started,
-    /// and ones whose owner stopped renewing are marked stalled and resumed here, so their
-    /// interrupted attempts run again. Returns the ids claimed.
+    /// Claims workflows no live engine holds, as many as it has free slots (at most
+    /// [`CLAIM_BATCH`]): pending ones are started, and ones whose owner stopped renewing are
+    /// marked stalled and resumed here, so their interrupted attempts run again. An engine
+    /// takes only what it can start now, so that work waits in the database, where any
+    /// instance with room takes it, rather than behind this one's busy slots. Returns the ids
+    /// claimed.
     pub(super) async fn claim(
         &mut self,
         now: DateTime<Utc>,
         drafts: &mut HashMap<String, Draft>,
     ) -> anyhow::Result<Vec<String>> {
-        let steal = self.first_claim && self.settings.steal_on_start;
+        let free = self
+            .settings
+            .max_concurrency
+            .saturating_sub(self.in_flight.len());
+        let limit = CLAIM_BATCH.min(u32::try_from(free).unwrap_or(u32::MAX));
+        if limit == 0 {
+            // Still due: the next tick after a slot frees claims.
+            return Ok(Vec::new());
+        }
+        let steal = self.stealing && self.settings.steal_on_start;
         let ttl = chrono::Duration::from_std(self.settings.lease_ttl)?;
-        let claimed = self
-            .store
-            .claim(&self.instance, ttl, CLAIM_BATCH, steal)
-            .await?;
-        self.first_claim = false;
-        self.claim_due = claimed.len() as u32 == CLAIM_BATCH;
+        let claimed = self.store.claim(&self.instance, ttl, limit, steal).await?;
+        let more = claimed.len() as u32 == limit;
+        // At start-up, the leases of an earlier process are taken until none is left.
+        self.stealing &= more;
+        self.claim_due = more;
         let mut ids = Vec::with_capacity(claimed.len());
         for c in claimed {
             let id = c.state.id.clone();
