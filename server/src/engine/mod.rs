@@ -49,6 +49,10 @@ use crate::{
     store::{Change, Fence, LiveEvent, Outcome, Rejection, Store},
 };
 
+/// How long a stopping engine waits for its last checkpoint (a database that does not answer
+/// must not hold a deploy up).
+const LAST_CHECKPOINT_WAIT: Duration = Duration::from_secs(5);
+
 /// Tuning knobs of the engine.
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
@@ -268,6 +272,8 @@ pub struct Engine {
     changed_elsewhere: HashSet<String>,
     /// Workflows read back with a step running that this engine runs nothing for.
     unlaunched: HashSet<String>,
+    /// Stopping: the last checkpoint starts and claims nothing.
+    stopping: bool,
 }
 
 impl Engine {
@@ -312,14 +318,12 @@ impl Engine {
             log: store.subscribe(),
             changed_elsewhere: HashSet::new(),
             unlaunched: HashSet::new(),
+            stopping: false,
         };
         (engine, handle)
     }
 
-    /// Runs until `shutdown`; attempts still in flight are then stopped (their processes
-    /// killed) and their workflows handed over: their leases end at once, so the next claim,
-    /// another instance's or the next start's, runs the stopped attempts again without
-    /// waiting for the leases to expire.
+    /// Runs until `shutdown`, then stops ([`Engine::stop`]).
     pub async fn run(mut self, shutdown: CancellationToken) {
         loop {
             crate::metrics::engine_tick();
@@ -356,6 +360,28 @@ impl Engine {
                 _ = tokio::time::sleep_until(deadline) => self.claim_due = true,
             }
         }
+        self.stop().await;
+    }
+
+    /// Stops the engine ([`Engine::run`] ends so). A last checkpoint commits what has
+    /// finished (a result that came back just before the stop does not run again elsewhere)
+    /// and the new workflows already sent, created for whoever has room; it starts and claims
+    /// nothing. Then the attempts still running are stopped (their processes killed) and
+    /// their workflows handed over: their leases end at once, so the next claim, another
+    /// instance's or the next start's, runs those attempts again without waiting for the
+    /// leases to expire.
+    pub async fn stop(mut self) {
+        self.stopping = true;
+        // Those sent from now on are refused; those already sent go in the last checkpoint.
+        self.creations.close();
+        match tokio::time::timeout(LAST_CHECKPOINT_WAIT, self.tick()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(
+                error = format!("{e:#}"),
+                "the last checkpoint failed; the attempts it carried will run again"
+            ),
+            Err(_) => tracing::warn!("the last checkpoint took too long; stopping without it"),
+        }
         for owned in self.owned.values() {
             for launched in owned.attempts.values() {
                 launched.cancel.cancel();
@@ -363,7 +389,6 @@ impl Engine {
         }
         // Creations never committed are answered (dropping them says the engine stopped).
         self.arriving.clear();
-        self.creations.close();
         self.in_flight.shutdown().await;
         // Only now that nothing of theirs runs here.
         let ids: Vec<String> = self.owned.keys().cloned().collect();
@@ -389,7 +414,7 @@ impl Engine {
         let mut deadline = now_tokio + self.settings.poll_interval;
         let renew_at = self.last_renewal + self.settings.lease_ttl / 3;
         deadline = deadline.min(renew_at);
-        if self.in_flight.len() >= self.settings.max_concurrency {
+        if self.free_slots() == 0 {
             return deadline;
         }
         for o in self.owned.values() {
@@ -445,6 +470,16 @@ impl Engine {
             }
             Err(broadcast::error::RecvError::Closed) => {}
         }
+    }
+
+    /// Attempts this engine may still launch: none while it stops.
+    fn free_slots(&self) -> usize {
+        if self.stopping {
+            return 0;
+        }
+        self.settings
+            .max_concurrency
+            .saturating_sub(self.in_flight.len())
     }
 
     /// Workflows this engine holds now (for tests).

@@ -41,6 +41,7 @@ crate::both_backends!(
     a_skip_elsewhere_replaces_the_whole_output_the_steps_after_it_render,
     a_finished_workflow_ends_even_while_every_slot_is_taken,
     an_engine_claims_only_the_workflows_it_has_slots_for,
+    a_stopping_engine_commits_what_finished_and_hands_the_rest_over,
 );
 
 async fn create(store: &Store, spec: serde_json::Value) -> String {
@@ -766,4 +767,59 @@ async fn at_start_up_every_lease_of_the_previous_process_is_taken_at_once() {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Stopping, an engine commits the results that came back before the stop (they must not
+/// run again elsewhere) without starting anything, and hands the workflow over: another
+/// engine takes it over at once, runs the stopped attempt again and the steps after.
+async fn a_stopping_engine_commits_what_finished_and_hands_the_rest_over(db: Db) {
+    let store = db.store().await;
+    let p = json!({ "duration_ms": 0 });
+    let id = create(
+        &store,
+        json!([
+            { "id": "a", "role": "architect", "task": "A", "params": p },
+            { "id": "b", "role": "developer", "task": "B", "params": { "duration_ms": 60000 } },
+            { "id": "c", "role": "tester", "task": "{a.output}C", "deps": ["a"], "params": p }
+        ]),
+    )
+    .await;
+    let mut owner = engine(&store, "owner", false);
+    assert_eq!(owner.tick().await.unwrap().started, 2);
+    assert!(
+        owner.wait_for_attempt().await,
+        "a is back, not yet committed"
+    );
+    owner.stop().await;
+
+    let s = store.load(&id).await.unwrap().unwrap();
+    let steps: Vec<_> = s.steps.iter().map(|s| (s.id.as_str(), s.status)).collect();
+    assert_eq!(
+        steps,
+        [
+            ("a", StepStatus::Completed),
+            ("b", StepStatus::Running),
+            ("c", StepStatus::Pending),
+        ],
+        "a's result is committed, and nothing new started"
+    );
+
+    // Taken over at once, not when the lease would have expired (half a minute).
+    let mut next = engine(&db.peer(&store).await, "next", false);
+    let t = next.tick().await.unwrap();
+    assert_eq!((t.claimed, t.started), (1, 2), "b again, and c");
+    let history = store.history(&id, 0).await.unwrap();
+    let stalled = history
+        .iter()
+        .find_map(|r| match &r.event {
+            Event::WorkflowStalled { previous_owner, .. } => Some(previous_owner.clone()),
+            _ => None,
+        })
+        .expect("taken over");
+    assert_eq!(stalled.as_deref(), Some("owner"));
+    let completed = history
+        .iter()
+        .filter(|r| matches!(r.event, Event::StepCompleted { .. }))
+        .count();
+    assert_eq!(completed, 1, "a completed once");
 }

@@ -34,7 +34,7 @@ impl Engine {
         let mut plain = Vec::new();
         for c in std::mem::take(&mut self.arriving) {
             let id = c.change.workflow_id.clone();
-            let room = self.in_flight.len() + creating.len() < self.settings.max_concurrency;
+            let room = creating.len() < self.free_slots();
             let fresh = !self.owned.contains_key(&id) && !drafts.contains_key(&id);
             if !room || !fresh || c.change.events.len() != 1 {
                 plain.push(c);

@@ -21,11 +21,7 @@ impl Engine {
         now: DateTime<Utc>,
         drafts: &mut HashMap<String, Draft>,
     ) -> anyhow::Result<Vec<String>> {
-        let free = self
-            .settings
-            .max_concurrency
-            .saturating_sub(self.in_flight.len());
-        let limit = CLAIM_BATCH.min(u32::try_from(free).unwrap_or(u32::MAX));
+        let limit = CLAIM_BATCH.min(u32::try_from(self.free_slots()).unwrap_or(u32::MAX));
         if limit == 0 {
             // Still due: the next tick after a slot frees claims.
             return Ok(Vec::new());

@@ -17,6 +17,10 @@ impl Engine {
     /// lease no one else may run them, so they run here, under the number they were started
     /// with. A task that no longer renders becomes the attempt's failure.
     pub(super) fn launch_unlaunched(&mut self) {
+        if self.stopping {
+            // Left to the next owner, which runs them again as interrupted.
+            return;
+        }
         for id in std::mem::take(&mut self.unlaunched) {
             let Some(owned) = self.owned.get(&id) else {
                 continue;

@@ -12,10 +12,7 @@ impl Engine {
     /// Starts ready steps within the concurrency limit and ends finished (or blocked)
     /// workflows, these even when no slot is free.
     pub(super) fn schedule(&mut self, now: DateTime<Utc>, drafts: &mut HashMap<String, Draft>) {
-        let mut free = self
-            .settings
-            .max_concurrency
-            .saturating_sub(self.in_flight.len());
+        let mut free = self.free_slots();
         let mut ids: Vec<String> = self.owned.keys().cloned().collect();
         // Oldest first, so a flood of new workflows cannot starve the ones already running.
         ids.sort_by_key(|id| self.owned[id].state.created_at);
