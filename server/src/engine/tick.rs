@@ -85,6 +85,7 @@ impl Engine {
             Ok(outcomes) => outcomes,
             Err(e) => {
                 self.finished.extend(results);
+                self.give_back_lines(drafts.into_iter().flat_map(|d| d.lines).collect());
                 self.let_go(&claimed).await;
                 self.refuse_arrivals(&e, creating, plain_replies);
                 return Err(e);
@@ -254,6 +255,7 @@ impl Engine {
                 // there). Lost, they would leave their steps running with nothing running them.
                 self.finished
                     .extend(results.iter().filter(|f| f.workflow_id == id).cloned());
+                self.give_back_lines(draft.lines);
             }
         }
     }

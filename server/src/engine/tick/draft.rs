@@ -7,7 +7,10 @@ use cairn::{Event, EventRecord, TemplateContext, WorkflowState};
 use chrono::{DateTime, Utc};
 
 use super::MAX_TASK_BYTES;
-use crate::{engine::WholeOutputs, store::Stamped};
+use crate::{
+    engine::{WholeOutputs, runner::LogLine},
+    store::Stamped,
+};
 
 /// A workflow's events of this tick, folded as they are decided so that every decision sees
 /// the ones before it (a step that just completed unblocks its dependents in the same tick).
@@ -25,6 +28,9 @@ pub(super) struct Draft {
     pub(super) results: Vec<Settled>,
     /// The whole outputs behind the previews of `events`, by event index.
     pub(super) outputs: Vec<(usize, Arc<str>)>,
+    /// The log lines folded into `events`: given back to the engine's buffer if the draft is
+    /// not committed, to be folded again rather than lost.
+    pub(super) lines: Vec<LogLine>,
 }
 
 /// An attempt result folded into a draft.
@@ -98,6 +104,7 @@ impl Draft {
             launches: Vec::new(),
             results: Vec::new(),
             outputs: Vec::new(),
+            lines: Vec::new(),
         }
     }
 

@@ -7,7 +7,10 @@ use cairn::{Event, RetryDecision, WorkflowStatus};
 use chrono::{DateTime, Utc};
 
 use super::{Draft, MAX_LOG_LINES_PER_ATTEMPT, MAX_UNSTORABLE, Settled};
-use crate::engine::{Engine, Finished, runner::RunError};
+use crate::engine::{
+    Engine, Finished,
+    runner::{LogLine, RunError},
+};
 
 impl Engine {
     /// Turns log lines into `step.log` events: every line is durable and streamed, up to
@@ -50,18 +53,38 @@ impl Engine {
             let current = d.state.step(&line.step_id).is_some_and(|s| {
                 s.status == cairn::StepStatus::Running && s.attempt == line.attempt
             });
-            if current {
-                d.push(
+            if current
+                && d.push(
                     now,
                     Event::StepLog {
-                        step_id: line.step_id,
+                        step_id: line.step_id.clone(),
                         attempt: line.attempt,
                         stream: line.stream,
-                        line: line.line,
+                        line: line.line.clone(),
                     },
-                );
+                )
+            {
+                d.lines.push(line);
             }
         }
+    }
+
+    /// Puts the log lines of a draft that was not committed back in front of the buffer,
+    /// uncounted, so that the next tick folds them again (a line of an attempt that is no
+    /// longer current by then is dropped there).
+    pub(super) fn give_back_lines(&mut self, mut lines: Vec<LogLine>) {
+        for l in &lines {
+            if let Some(c) = self
+                .owned
+                .get_mut(&l.workflow_id)
+                .and_then(|o| o.log_counts.get_mut(&l.step_id))
+                && c.0 == l.attempt
+            {
+                c.1 = c.1.saturating_sub(1);
+            }
+        }
+        lines.append(&mut self.log_buffer);
+        self.log_buffer = lines;
     }
 
     /// Turns finished attempts into events: a completion (its whole output kept for the
