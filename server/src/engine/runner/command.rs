@@ -52,6 +52,10 @@ pub(super) async fn run_command(
         .spawn()
         .map_err(|e| RunError::final_(format!("cannot start {:?}: {e}", spec.program)))?;
     let pgid = child.id();
+    // However the attempt ends, even dropped unfinished (its task aborted as the engine stops,
+    // with no chance to take the cancel branch below), nothing the program started outlives
+    // it: `kill_on_drop` reaches the program alone.
+    let _group = GroupGuard(pgid);
 
     if let Some(mut stdin) = child.stdin.take() {
         let task = a.task.clone();
@@ -123,6 +127,15 @@ pub(super) async fn run_command(
     out.output
         .push_str(&truncation_marker(kept_bytes, stdout.total));
     Ok(out)
+}
+
+/// Kills a program's process group when dropped.
+struct GroupGuard(Option<u32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        kill_group(self.0);
+    }
 }
 
 pub(super) fn kill_group(pgid: Option<u32>) {

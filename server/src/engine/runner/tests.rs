@@ -110,6 +110,27 @@ async fn cancelling_kills_the_whole_process_group() {
     );
 }
 
+/// An attempt dropped unfinished (the engine stopping aborts its task) takes its program's
+/// children with it, not only the program.
+#[tokio::test]
+async fn an_attempt_dropped_unfinished_kills_the_whole_process_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("survived");
+    let script = format!("(sleep 2; touch {}) & sleep 30", marker.display());
+    let (sink, _rx) = LogSink::channel(16);
+    let cancel = CancellationToken::new();
+    let runner = command("sh", &["-c", &script]);
+    let a = attempt("x");
+    let run = runner.run(&a, &sink, &cancel);
+    let dropped = tokio::time::timeout(Duration::from_millis(200), run).await;
+    assert!(dropped.is_err(), "still running when dropped");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        !marker.exists(),
+        "a child of the dropped program kept running"
+    );
+}
+
 #[tokio::test]
 async fn a_missing_program_is_a_final_error() {
     let (sink, _rx) = LogSink::channel(1);
