@@ -103,18 +103,21 @@ struct Owned {
 struct Launched {
     /// Unique within this engine: only the result of a step's current launch counts.
     launch: u64,
+    /// The step's attempt it runs.
+    attempt: u32,
     cancel: CancellationToken,
 }
 
 impl Owned {
-    /// Stops and forgets the attempts whose step `state` no longer has running: a control
-    /// took it away, or a change committed elsewhere reset it (a retry of a step before it).
-    /// Their results belong to nobody, even if the step starts again under the same number.
+    /// Stops and forgets the attempts whose step `state` no longer has running under their
+    /// number: a control took it away, a change committed elsewhere reset it (a retry of a
+    /// step before it), or the step has moved on to its next attempt. Their results belong to
+    /// nobody, even if the step starts again under the same number.
     fn stop_replaced(&mut self, state: &WorkflowState) {
         self.attempts.retain(|step_id, launched| {
-            let running = state
-                .step(step_id)
-                .is_some_and(|s| s.status == cairn::StepStatus::Running);
+            let running = state.step(step_id).is_some_and(|s| {
+                s.status == cairn::StepStatus::Running && s.attempt == launched.attempt
+            });
             if !running {
                 launched.cancel.cancel();
             }

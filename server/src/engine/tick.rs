@@ -86,7 +86,11 @@ impl Engine {
             Err(e) => {
                 self.finished.extend(results);
                 self.give_back_lines(drafts.into_iter().flat_map(|d| d.lines).collect());
-                self.let_go(&claimed).await;
+                // The new workflows' leases too: if only the answer was lost, they exist,
+                // and a claim starts them over rather than after the lease's TTL.
+                let mut taken = claimed;
+                taken.extend(creating.keys().cloned());
+                self.let_go(&taken).await;
                 self.refuse_arrivals(&e, creating, plain_replies);
                 return Err(e);
             }

@@ -494,34 +494,72 @@ async fn a_workflow_claimed_in_a_failed_checkpoint_runs_once_the_database_is_bac
 /// front of it loses the answer.
 #[tokio::test]
 async fn a_step_started_by_a_checkpoint_whose_answer_was_lost_still_runs_once() {
+    let p = json!({ "duration_ms": 0 });
+    let kinds = through_a_lost_answer(json!([
+        { "id": "a", "role": "architect", "task": "A", "params": p },
+        { "id": "b", "role": "developer", "task": "{a.output}B", "deps": ["a"], "params": p }
+    ]))
+    .await;
+    assert_eq!(
+        kinds,
+        [
+            ("a".into(), "step.started"),
+            ("a".into(), "step.completed"),
+            ("b".into(), "step.started"),
+            ("b".into(), "step.completed"),
+        ],
+        "each step started and completed once"
+    );
+}
+
+/// The same when the lost checkpoint started the next attempt of the step whose failure it
+/// carried (a retry without delay): the step runs again under its new number.
+#[tokio::test]
+async fn a_retry_started_by_a_checkpoint_whose_answer_was_lost_still_runs_once() {
+    let kinds = through_a_lost_answer(json!([
+        { "id": "a", "role": "architect", "task": "A",
+          "retry": { "initial_interval_ms": 0, "jitter": false },
+          "params": { "duration_ms": 0, "fail_attempts": 1 } },
+        { "id": "b", "role": "developer", "task": "{a.output}B", "deps": ["a"],
+          "params": { "duration_ms": 0 } }
+    ]))
+    .await;
+    assert_eq!(
+        kinds,
+        [
+            ("a".into(), "step.started"),
+            ("a".into(), "step.retrying"),
+            ("a".into(), "step.started"),
+            ("a".into(), "step.completed"),
+            ("b".into(), "step.started"),
+            ("b".into(), "step.completed"),
+        ]
+    );
+}
+
+/// Runs `spec` (its first step `a`, then `b` after it) on Postgres through a relay that loses
+/// the answer to the checkpoint taking `a`'s first result, to the end; returns the step
+/// events of its history, as (step, type).
+async fn through_a_lost_answer(spec: serde_json::Value) -> Vec<(String, &'static str)> {
     let db = Db::postgres().await;
     let Db::Postgres(pg) = &db else {
         unreachable!()
     };
     let relay = crate::pg::AnswerLoser::start(pg).await;
     let store = Store::connect(&relay.url).await.unwrap();
-    let p = json!({ "duration_ms": 0 });
-    let id = create(
-        &store,
-        json!([
-            { "id": "a", "role": "architect", "task": "A", "params": p },
-            { "id": "b", "role": "developer", "task": "{a.output}B", "deps": ["a"], "params": p }
-        ]),
-    )
-    .await;
+    let id = create(&store, spec).await;
     let mut owner = engine(&store, "owner", false);
     assert_eq!(owner.tick().await.unwrap().started, 1);
     assert!(owner.wait_for_attempt().await);
 
-    // The checkpoint completing `a` and starting `b` commits, and its answer is lost.
+    // The checkpoint taking a's result commits, and its answer is lost.
     relay.lose_next_commit_answer();
     assert!(owner.tick().await.is_err(), "the answer must be lost");
     assert_eq!(owner.in_flight_count(), 0, "nothing launched");
     let s = store.load(&id).await.unwrap().unwrap();
-    assert_eq!(
-        s.step("b").unwrap().status,
-        StepStatus::Running,
-        "yet the checkpoint is durable"
+    assert!(
+        s.steps.iter().any(|s| s.status == StepStatus::Running),
+        "yet the checkpoint is durable, a step started in it"
     );
 
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -545,20 +583,10 @@ async fn a_step_started_by_a_checkpoint_whose_answer_was_lost_still_runs_once() 
     assert_eq!(s.status, WorkflowStatus::Completed);
     assert_eq!(s.step("b").unwrap().output.as_deref(), Some("AB"));
     let history = store.history(&id, 0).await.unwrap();
-    let kinds: Vec<(&str, &str)> = history
+    history
         .iter()
-        .filter_map(|r| Some((r.event.step_id()?, r.event.type_name())))
-        .collect();
-    assert_eq!(
-        kinds,
-        [
-            ("a", "step.started"),
-            ("a", "step.completed"),
-            ("b", "step.started"),
-            ("b", "step.completed"),
-        ],
-        "each step started and completed once"
-    );
+        .filter_map(|r| Some((r.event.step_id()?.to_string(), r.event.type_name())))
+        .collect()
 }
 
 /// A step's whole output is the one its state now has. A step skipped here with a long
@@ -573,7 +601,7 @@ async fn a_skip_elsewhere_replaces_the_whole_output_the_steps_after_it_render(db
             { "id": "a", "role": "architect", "task": "A",
               "retry": { "max_attempts": 5, "initial_interval_ms": 30000, "jitter": false },
               "params": { "duration_ms": 0, "fail_attempts": 99 } },
-            { "id": "b", "role": "developer", "task": "B", "params": { "duration_ms": 2000 } },
+            { "id": "b", "role": "developer", "task": "B", "params": { "duration_ms": 5000 } },
             { "id": "c", "role": "tester", "task": "{a.output}", "deps": ["a", "b"],
               "params": { "duration_ms": 0 } }
         ]),
@@ -584,7 +612,8 @@ async fn a_skip_elsewhere_replaces_the_whole_output_the_steps_after_it_render(db
         step_id: "a".into(),
         output: Some(output),
     };
-    // a fails and waits half a minute to retry; b runs for two seconds.
+    // a fails and waits half a minute to retry; b runs for five seconds, long enough for a
+    // to fail twice first on a loaded machine.
     assert_eq!(owner.tick().await.unwrap().started, 2);
     assert!(owner.wait_for_attempt().await);
     owner.tick().await.unwrap();

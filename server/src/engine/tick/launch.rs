@@ -66,6 +66,7 @@ impl Engine {
             step_id.clone(),
             Launched {
                 launch: self.launches,
+                attempt,
                 cancel: tokio_util::sync::CancellationToken::new(),
             },
         );
@@ -141,6 +142,7 @@ impl Engine {
             step_id.to_string(),
             Launched {
                 launch,
+                attempt: attempt.attempt,
                 cancel: token.clone(),
             },
         );
