@@ -7,6 +7,8 @@ mod binary;
 mod cli;
 mod crash;
 mod engine;
+mod engine_db_failures;
+mod engine_slots;
 mod hardening;
 mod health;
 mod helpers;

@@ -1,0 +1,208 @@
+//! The engine's slots (`max_concurrency`), driven through `tick()`: what it claims and ends
+//! while they are taken, and how it stops. Each test in [`crate::both_backends!`] runs on
+//! both backends.
+
+use cairn::{Event, StepStatus, WorkflowStatus};
+use serde_json::json;
+use server::{
+    config::{DEFAULT_CONFIG_TOML, EngineConfig},
+    engine::{Engine, EngineSettings},
+};
+
+use crate::{
+    engine::{create, engine},
+    store_suite::Db,
+};
+
+crate::both_backends!(
+    a_finished_workflow_ends_even_while_every_slot_is_taken,
+    an_engine_claims_only_the_workflows_it_has_slots_for,
+    a_stopping_engine_commits_what_finished_and_hands_the_rest_over,
+);
+
+/// Slots are given oldest workflow first, but a workflow whose last step has completed needs
+/// none to end: it must not wait, `running`, for an older workflow's steps to free one.
+async fn a_finished_workflow_ends_even_while_every_slot_is_taken(db: Db) {
+    let store = db.store().await;
+    let p = json!({ "duration_ms": 0 });
+    let slow = json!({ "duration_ms": 60000 });
+    let older = create(
+        &store,
+        json!([
+            { "id": "x", "role": "architect", "task": "X", "params": p },
+            { "id": "y1", "role": "developer", "task": "Y", "deps": ["x"], "params": slow },
+            { "id": "y2", "role": "developer", "task": "Y", "deps": ["x"], "params": slow },
+            { "id": "y3", "role": "developer", "task": "Y", "deps": ["x"], "params": slow }
+        ]),
+    )
+    .await;
+    let newer = create(
+        &store,
+        json!({ "id": "r", "role": "architect", "task": "R", "params": p }),
+    )
+    .await;
+    let config = EngineConfig::from_toml(DEFAULT_CONFIG_TOML).unwrap();
+    let settings = EngineSettings {
+        max_concurrency: 2,
+        steal_on_start: false,
+        ..EngineSettings::default()
+    };
+    let (mut owner, _) = Engine::new(store.clone(), &config, "owner".into(), settings);
+    assert_eq!(owner.tick().await.unwrap().started, 2, "x and r");
+    assert!(owner.wait_for_attempt().await);
+    assert!(owner.wait_for_attempt().await);
+    // x's end makes three steps ready for two slots; r's end leaves its workflow nothing to do.
+    assert_eq!(owner.tick().await.unwrap().started, 2);
+    owner.tick().await.unwrap();
+    let status = |id: &str| {
+        let store = store.clone();
+        let id = id.to_string();
+        async move { store.load(&id).await.unwrap().unwrap().status }
+    };
+    assert_eq!(status(&newer).await, WorkflowStatus::Completed);
+    assert_eq!(status(&older).await, WorkflowStatus::Running);
+    assert_eq!(owner.in_flight_count(), 2);
+}
+
+/// Two engines with two slots each and five workflows waiting: the first takes only the two
+/// it can start, so the second finds work; the fifth waits, `pending`, for a free slot
+/// anywhere instead of sitting claimed behind a busy one.
+async fn an_engine_claims_only_the_workflows_it_has_slots_for(db: Db) {
+    let store = db.store().await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(
+            create(
+                &store,
+                json!({ "id": "s", "role": "developer", "task": "T", "params": { "duration_ms": 60000 } }),
+            )
+            .await,
+        );
+    }
+    let config = EngineConfig::from_toml(DEFAULT_CONFIG_TOML).unwrap();
+    let settings = EngineSettings {
+        max_concurrency: 2,
+        steal_on_start: false,
+        ..EngineSettings::default()
+    };
+    let (mut first, _) = Engine::new(store.clone(), &config, "first".into(), settings.clone());
+    let other = db.store().await;
+    let (mut second, _) = Engine::new(other, &config, "second".into(), settings);
+    assert_eq!(first.tick().await.unwrap().claimed, 2);
+    assert_eq!(first.tick().await.unwrap().claimed, 0, "no slot left");
+    assert_eq!(second.tick().await.unwrap().claimed, 2);
+    assert_eq!((first.owned_count(), second.owned_count()), (2, 2));
+    assert_eq!((first.in_flight_count(), second.in_flight_count()), (2, 2));
+    let mut pending = 0;
+    for id in &ids {
+        if store.load(id).await.unwrap().unwrap().status == WorkflowStatus::Pending {
+            pending += 1;
+        }
+    }
+    assert_eq!(pending, 1);
+}
+
+/// SQLite: one process owns the file, so at start-up the leases of the one before are taken
+/// at once, and that holds however many claims it takes to get them all, with fewer slots
+/// than workflows (not only the first claim's worth, the rest waiting out the TTL).
+#[tokio::test]
+async fn at_start_up_every_lease_of_the_previous_process_is_taken_at_once() {
+    let db = Db::sqlite();
+    let store = db.store().await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(
+            create(
+                &store,
+                json!({ "id": "s", "role": "developer", "task": "T", "params": { "duration_ms": 0 } }),
+            )
+            .await,
+        );
+    }
+    // The previous process claimed all five and died with their leases (half a minute).
+    let mut before = engine(&store, "before", false);
+    assert_eq!(before.tick().await.unwrap().claimed, 5);
+    drop(before);
+
+    let config = EngineConfig::from_toml(DEFAULT_CONFIG_TOML).unwrap();
+    let settings = EngineSettings {
+        max_concurrency: 2,
+        ..EngineSettings::default()
+    };
+    let (mut after, _) = Engine::new(store.clone(), &config, "after".into(), settings);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for id in &ids {
+        loop {
+            after.tick().await.unwrap();
+            while after.in_flight_count() > 0 {
+                assert!(after.wait_for_attempt().await);
+                after.tick().await.unwrap();
+            }
+            let s = store.load(id).await.unwrap().unwrap();
+            if s.status == WorkflowStatus::Completed {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{id} waits for its old lease to expire: {}",
+                s.status
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Stopping, an engine commits the results that came back before the stop (they must not
+/// run again elsewhere) without starting anything, and hands the workflow over: another
+/// engine takes it over at once, runs the stopped attempt again and the steps after.
+async fn a_stopping_engine_commits_what_finished_and_hands_the_rest_over(db: Db) {
+    let store = db.store().await;
+    let p = json!({ "duration_ms": 0 });
+    let id = create(
+        &store,
+        json!([
+            { "id": "a", "role": "architect", "task": "A", "params": p },
+            { "id": "b", "role": "developer", "task": "B", "params": { "duration_ms": 60000 } },
+            { "id": "c", "role": "tester", "task": "{a.output}C", "deps": ["a"], "params": p }
+        ]),
+    )
+    .await;
+    let mut owner = engine(&store, "owner", false);
+    assert_eq!(owner.tick().await.unwrap().started, 2);
+    assert!(
+        owner.wait_for_attempt().await,
+        "a is back, not yet committed"
+    );
+    owner.stop().await;
+
+    let s = store.load(&id).await.unwrap().unwrap();
+    let steps: Vec<_> = s.steps.iter().map(|s| (s.id.as_str(), s.status)).collect();
+    assert_eq!(
+        steps,
+        [
+            ("a", StepStatus::Completed),
+            ("b", StepStatus::Running),
+            ("c", StepStatus::Pending),
+        ],
+        "a's result is committed, and nothing new started"
+    );
+
+    // Taken over at once, not when the lease would have expired (half a minute).
+    let mut next = engine(&db.peer(&store).await, "next", false);
+    let t = next.tick().await.unwrap();
+    assert_eq!((t.claimed, t.started), (1, 2), "b again, and c");
+    let history = store.history(&id, 0).await.unwrap();
+    let stalled = history
+        .iter()
+        .find_map(|r| match &r.event {
+            Event::WorkflowStalled { previous_owner, .. } => Some(previous_owner.clone()),
+            _ => None,
+        })
+        .expect("taken over");
+    assert_eq!(stalled.as_deref(), Some("owner"));
+    let completed = history
+        .iter()
+        .filter(|r| matches!(r.event, Event::StepCompleted { .. }))
+        .count();
+    assert_eq!(completed, 1, "a completed once");
+}
