@@ -206,6 +206,7 @@ impl Engine {
                         let finished_at = state.step(&step_id).and_then(|s| s.finished_at);
                         owned.whole_outputs.keep(step_id, finished_at, output);
                     }
+                    self.note_unlaunched(workflow_id);
                     if state.status.is_terminal() || state.status == WorkflowStatus::Paused {
                         self.drop_owned(workflow_id);
                         if state.status == WorkflowStatus::Paused {

@@ -295,13 +295,8 @@ impl Engine {
                 if let Some(o) = self.owned.get_mut(id) {
                     o.stop_replaced(&state);
                     o.state = state;
-                    let unlaunched = o.state.steps.iter().any(|s| {
-                        s.status == cairn::StepStatus::Running && !o.attempts.contains_key(&s.id)
-                    });
-                    if unlaunched {
-                        self.unlaunched.insert(id.to_string());
-                    }
                 }
+                self.note_unlaunched(id);
             }
             Some(state) if state.status == WorkflowStatus::Paused => {
                 self.drop_owned(id);
@@ -310,6 +305,22 @@ impl Engine {
             _ => self.drop_owned(id),
         }
         Ok(())
+    }
+
+    /// Notes workflow `id` for [`Engine::launch_unlaunched`] if its state, as read back or
+    /// answered by the store, has a step running that this engine runs nothing for.
+    pub(super) fn note_unlaunched(&mut self, id: &str) {
+        let Some(o) = self.owned.get(id) else {
+            return;
+        };
+        let unlaunched = o.state.status == WorkflowStatus::Running
+            && o.state
+                .steps
+                .iter()
+                .any(|s| s.status == cairn::StepStatus::Running && !o.attempts.contains_key(&s.id));
+        if unlaunched {
+            self.unlaunched.insert(id.to_string());
+        }
     }
 
     async fn renew_if_due(&mut self) -> anyhow::Result<()> {

@@ -7,6 +7,11 @@ use super::*;
 /// How much of stderr a failure message keeps.
 pub(super) const STDERR_TAIL_BYTES: usize = 2000;
 
+/// How long the output is still read after the program has exited and its group was killed.
+/// The pipes close with the group; a process that left the group (`setsid`, a daemon) may
+/// hold them open for as long as it lives, and what was read by then is the output.
+pub(super) const PIPES_GRACE: Duration = Duration::from_secs(2);
+
 /// The most a program's stdout or stderr is read at once.
 pub(super) const READ_CHUNK_BYTES: usize = 64 * 1024;
 
@@ -51,11 +56,13 @@ pub(super) async fn run_command(
     let mut child = cmd
         .spawn()
         .map_err(|e| RunError::final_(format!("cannot start {:?}: {e}", spec.program)))?;
-    let pgid = child.id();
     // However the attempt ends, even dropped unfinished (its task aborted as the engine stops,
     // with no chance to take the cancel branch below), nothing the program started outlives
     // it: `kill_on_drop` reaches the program alone.
-    let _group = GroupGuard(pgid);
+    let mut group = GroupGuard(child.id());
+    // And the readers stop with it, whoever holds the pipes.
+    let reading = CancellationToken::new();
+    let _stop_reading = reading.clone().drop_guard();
 
     if let Some(mut stdin) = child.stdin.take() {
         let task = a.task.clone();
@@ -74,29 +81,37 @@ pub(super) async fn run_command(
         LineLog::new(a, logs, LogStream::Stdout),
         spec.limit,
         overflow.clone(),
+        reading.clone(),
     ));
     let err_task = tokio::spawn(read_stderr(
         stderr,
         LineLog::new(a, logs, LogStream::Stderr),
+        reading.clone(),
     ));
 
     let status = tokio::select! {
         s = child.wait() => s.map_err(|e| RunError::retryable(format!("waiting for the program: {e}")))?,
         _ = overflow.cancelled() => {
-            kill_group(pgid);
+            group.kill();
             let _ = child.wait().await;
             return Err(overflow_error(&spec.limit));
         }
         _ = cancel.cancelled() => {
-            kill_group(pgid);
+            group.kill();
             let _ = child.wait().await;
             return Err(RunError::retryable("cancelled"));
         }
     };
     // The group may have children still holding the pipes; they go with the parent.
-    kill_group(pgid);
+    group.kill();
+    let stop = reading.clone();
+    let grace = tokio::spawn(async move {
+        tokio::time::sleep(PIPES_GRACE).await;
+        stop.cancel();
+    });
     let stdout = out_task.await.unwrap_or_default();
     let stderr = err_task.await.unwrap_or_default();
+    grace.abort();
 
     let over = stdout.total > stdout.kept.len() as u64;
     if over && spec.limit.on_overflow == OnOverflow::Fail {
@@ -129,12 +144,19 @@ pub(super) async fn run_command(
     Ok(out)
 }
 
-/// Kills a program's process group when dropped.
+/// Kills a program's process group, once: when told to, or when dropped before that. Once
+/// the program is reaped its id may be reused, so a group is never signalled twice.
 struct GroupGuard(Option<u32>);
+
+impl GroupGuard {
+    fn kill(&mut self) {
+        kill_group(self.0.take());
+    }
+}
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
-        kill_group(self.0);
+        self.kill();
     }
 }
 
@@ -228,9 +250,10 @@ pub(super) async fn read_stdout(
     log: LineLog,
     limit: OutputLimit,
     overflow: CancellationToken,
+    stop: CancellationToken,
 ) -> Collected {
     let mut out = Collected::default();
-    read_logged(reader, log, |chunk| {
+    read_logged(reader, log, stop, |chunk| {
         out.total += chunk.len() as u64;
         let room = limit.max_bytes - out.kept.len();
         if chunk.len() > room && limit.on_overflow == OnOverflow::Fail {
@@ -253,15 +276,20 @@ pub(super) async fn read_stdout(
 }
 
 /// Reads `reader` to its end in chunks, logging its lines and handing each chunk to `keep`,
-/// until `keep` says to stop.
+/// until `keep` says to stop or `stop` is cancelled.
 async fn read_logged(
     mut reader: impl AsyncRead + Unpin,
     mut log: LineLog,
+    stop: CancellationToken,
     mut keep: impl FnMut(&[u8]) -> ControlFlow<()>,
 ) {
     let mut buf = vec![0; READ_CHUNK_BYTES];
     loop {
-        let chunk = match reader.read(&mut buf).await {
+        let read = tokio::select! {
+            read = reader.read(&mut buf) => read,
+            _ = stop.cancelled() => break,
+        };
+        let chunk = match read {
             Ok(0) | Err(_) => break,
             Ok(n) => &buf[..n],
         };
@@ -315,9 +343,13 @@ impl Tail {
 }
 
 /// Reads stderr to its end, logging its lines and keeping only its tail.
-pub(super) async fn read_stderr(reader: impl AsyncRead + Unpin, log: LineLog) -> Tail {
+pub(super) async fn read_stderr(
+    reader: impl AsyncRead + Unpin,
+    log: LineLog,
+    stop: CancellationToken,
+) -> Tail {
     let mut tail = Tail::default();
-    read_logged(reader, log, |chunk| {
+    read_logged(reader, log, stop, |chunk| {
         tail.push(chunk);
         ControlFlow::Continue(())
     })

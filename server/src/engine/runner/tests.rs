@@ -131,6 +131,22 @@ async fn an_attempt_dropped_unfinished_kills_the_whole_process_group() {
     );
 }
 
+/// A program that exits while something it started outside its group (`setsid`) still holds
+/// its stdout ends with what it printed, a moment later, rather than when that process does
+/// (here in ten seconds; a daemon, never).
+#[tokio::test]
+async fn a_program_whose_pipes_outlive_it_ends_with_what_it_printed() {
+    let (sink, _rx) = LogSink::channel(16);
+    let runner = command("sh", &["-c", "setsid sleep 10 & sleep 0.5; echo done"]);
+    let a = attempt("x");
+    let cancel = CancellationToken::new();
+    let out = tokio::time::timeout(Duration::from_secs(8), runner.run(&a, &sink, &cancel))
+        .await
+        .expect("the attempt waited for the process holding its pipes")
+        .unwrap();
+    assert_eq!(out.output, "done");
+}
+
 #[tokio::test]
 async fn a_missing_program_is_a_final_error() {
     let (sink, _rx) = LogSink::channel(1);

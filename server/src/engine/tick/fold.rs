@@ -27,7 +27,9 @@ impl Engine {
                     if c.0 != line.attempt {
                         *c = (line.attempt, 0);
                     }
-                    c.1 += 1;
+                    // Counted up to the first line past the notice, no further: the lines given
+                    // back by an uncommitted draft then take the count back exactly.
+                    c.1 = (c.1 + 1).min(MAX_LOG_LINES_PER_ATTEMPT + 2);
                     c.1
                 }
                 None => continue,

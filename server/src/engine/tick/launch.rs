@@ -106,6 +106,9 @@ impl Engine {
         for (step_id, task) in launches {
             self.launch(id, &step_id, task, epoch);
         }
+        // The state folded onto what is committed may hold a start this engine never heard
+        // committed (a checkpoint whose answer was lost).
+        self.note_unlaunched(id);
         if status.is_terminal() || status == WorkflowStatus::Paused {
             self.drop_owned(id);
         }
