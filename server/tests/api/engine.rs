@@ -1,7 +1,7 @@
 //! The engine driven step by step through `tick()`: no server, no sleeps. Each test runs on
 //! both backends (`sqlite::…` and `postgres::…`), each in a database of its own.
 
-use cairn::{Event, ParseOptions, StepStatus, WorkflowStatus};
+use cairn::{Event, ParseOptions, StepStatus, WorkflowState, WorkflowStatus};
 use serde_json::json;
 use server::{
     config::{DEFAULT_CONFIG_TOML, EngineConfig},
@@ -40,6 +40,46 @@ crate::both_backends!(
     an_attempt_reset_by_a_retry_elsewhere_is_stopped_and_its_result_ignored,
     a_skip_elsewhere_replaces_the_whole_output_the_steps_after_it_render,
 );
+
+/// An engine with `slots` attempts at once (`max_concurrency`).
+pub(crate) fn with_slots(store: &Store, instance: &str, slots: usize, steal: bool) -> Engine {
+    let config = EngineConfig::from_toml(DEFAULT_CONFIG_TOML).unwrap();
+    let settings = EngineSettings {
+        max_concurrency: slots,
+        steal_on_start: steal,
+        ..EngineSettings::default()
+    };
+    Engine::new(store.clone(), &config, instance.into(), settings).0
+}
+
+/// Ticks `owner`, taking in each attempt as it ends, until workflow `id` is no longer
+/// running; returns its state then. Fails if it is still running after `within`.
+pub(crate) async fn run_until_ended(
+    owner: &mut Engine,
+    store: &Store,
+    id: &str,
+    within: std::time::Duration,
+) -> WorkflowState {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        owner.tick().await.unwrap();
+        while owner.in_flight_count() > 0 {
+            assert!(owner.wait_for_attempt().await);
+            owner.tick().await.unwrap();
+        }
+        let s = store.load(id).await.unwrap().unwrap();
+        if s.status != WorkflowStatus::Running && s.status != WorkflowStatus::Pending {
+            return s;
+        }
+        let steps: Vec<_> = s.steps.iter().map(|s| (&s.id, s.status)).collect();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{id} is stuck {}: {steps:?}",
+            s.status
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
 
 pub(crate) async fn create(store: &Store, spec: serde_json::Value) -> String {
     let spec = cairn::parse_spec_value(&spec, &ParseOptions::default()).unwrap();
@@ -309,20 +349,7 @@ async fn results_in_a_checkpoint_refused_after_a_control_elsewhere_are_not_lost(
         .await
         .unwrap();
 
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let s = loop {
-        owner.tick().await.unwrap();
-        let s = store.load(&id).await.unwrap().unwrap();
-        if s.status != WorkflowStatus::Running {
-            break s;
-        }
-        let steps: Vec<_> = s.steps.iter().map(|s| (&s.id, s.status)).collect();
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the workflow is stuck: {steps:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let s = run_until_ended(&mut owner, &store, &id, std::time::Duration::from_secs(10)).await;
     assert_eq!(s.status, WorkflowStatus::Completed);
     let outputs: Vec<_> = s
         .steps

@@ -2,12 +2,14 @@
 //! trigger makes fail, as a database gone away would, and one whose `COMMIT` lands but whose
 //! answer is lost on the way back. Nothing is stuck, lost or run twice.
 
+use std::time::Duration;
+
 use cairn::{Event, StepStatus, WorkflowStatus};
 use serde_json::json;
 use server::store::Store;
 
 use crate::{
-    engine::{create, engine},
+    engine::{create, engine, run_until_ended},
     store_suite::Db,
 };
 
@@ -38,24 +40,8 @@ async fn a_workflow_claimed_in_a_failed_checkpoint_runs_once_the_database_is_bac
     );
 
     accept_checkpoints(&mut sql).await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        owner.tick().await.unwrap();
-        while owner.in_flight_count() > 0 {
-            assert!(owner.wait_for_attempt().await);
-            owner.tick().await.unwrap();
-        }
-        let s = store.load(&id).await.unwrap().unwrap();
-        if s.status == WorkflowStatus::Completed {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the workflow stayed {}",
-            s.status
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let s = run_until_ended(&mut owner, &store, &id, Duration::from_secs(10)).await;
+    assert_eq!(s.status, WorkflowStatus::Completed);
 }
 
 /// A checkpoint that reaches the database but whose answer is lost (the connection drops
@@ -133,24 +119,7 @@ async fn through_a_lost_answer(spec: serde_json::Value) -> Vec<(String, &'static
         "yet the checkpoint is durable, a step started in it"
     );
 
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let s = loop {
-        owner.tick().await.unwrap();
-        while owner.in_flight_count() > 0 {
-            assert!(owner.wait_for_attempt().await);
-            owner.tick().await.unwrap();
-        }
-        let s = store.load(&id).await.unwrap().unwrap();
-        if s.status != WorkflowStatus::Running {
-            break s;
-        }
-        let steps: Vec<_> = s.steps.iter().map(|s| (&s.id, s.status)).collect();
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the workflow is stuck: {steps:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let s = run_until_ended(&mut owner, &store, &id, Duration::from_secs(10)).await;
     assert_eq!(s.status, WorkflowStatus::Completed);
     assert_eq!(s.step("b").unwrap().output.as_deref(), Some("AB"));
     let history = store.history(&id, 0).await.unwrap();

@@ -4,13 +4,10 @@
 
 use cairn::{Event, StepStatus, WorkflowStatus};
 use serde_json::json;
-use server::{
-    config::{DEFAULT_CONFIG_TOML, EngineConfig},
-    engine::{Engine, EngineSettings},
-};
+use server::store::Store;
 
 use crate::{
-    engine::{create, engine},
+    engine::{create, engine, run_until_ended, with_slots},
     store_suite::Db,
 };
 
@@ -19,6 +16,17 @@ crate::both_backends!(
     an_engine_claims_only_the_workflows_it_has_slots_for,
     a_stopping_engine_commits_what_finished_and_hands_the_rest_over,
 );
+
+/// `n` workflows of one step that takes `duration_ms`, created (pending).
+async fn one_step_workflows(store: &Store, n: usize, duration_ms: u64) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let spec = json!({ "id": "s", "role": "developer", "task": "T",
+                           "params": { "duration_ms": duration_ms } });
+        ids.push(create(store, spec).await);
+    }
+    ids
+}
 
 /// Slots are given oldest workflow first, but a workflow whose last step has completed needs
 /// none to end: it must not wait, `running`, for an older workflow's steps to free one.
@@ -41,13 +49,7 @@ async fn a_finished_workflow_ends_even_while_every_slot_is_taken(db: Db) {
         json!({ "id": "r", "role": "architect", "task": "R", "params": p }),
     )
     .await;
-    let config = EngineConfig::from_toml(DEFAULT_CONFIG_TOML).unwrap();
-    let settings = EngineSettings {
-        max_concurrency: 2,
-        steal_on_start: false,
-        ..EngineSettings::default()
-    };
-    let (mut owner, _) = Engine::new(store.clone(), &config, "owner".into(), settings);
+    let mut owner = with_slots(&store, "owner", 2, false);
     assert_eq!(owner.tick().await.unwrap().started, 2, "x and r");
     assert!(owner.wait_for_attempt().await);
     assert!(owner.wait_for_attempt().await);
@@ -69,25 +71,9 @@ async fn a_finished_workflow_ends_even_while_every_slot_is_taken(db: Db) {
 /// anywhere instead of sitting claimed behind a busy one.
 async fn an_engine_claims_only_the_workflows_it_has_slots_for(db: Db) {
     let store = db.store().await;
-    let mut ids = Vec::new();
-    for _ in 0..5 {
-        ids.push(
-            create(
-                &store,
-                json!({ "id": "s", "role": "developer", "task": "T", "params": { "duration_ms": 60000 } }),
-            )
-            .await,
-        );
-    }
-    let config = EngineConfig::from_toml(DEFAULT_CONFIG_TOML).unwrap();
-    let settings = EngineSettings {
-        max_concurrency: 2,
-        steal_on_start: false,
-        ..EngineSettings::default()
-    };
-    let (mut first, _) = Engine::new(store.clone(), &config, "first".into(), settings.clone());
-    let other = db.store().await;
-    let (mut second, _) = Engine::new(other, &config, "second".into(), settings);
+    let ids = one_step_workflows(&store, 5, 60_000).await;
+    let mut first = with_slots(&store, "first", 2, false);
+    let mut second = with_slots(&db.store().await, "second", 2, false);
     assert_eq!(first.tick().await.unwrap().claimed, 2);
     assert_eq!(first.tick().await.unwrap().claimed, 0, "no slot left");
     assert_eq!(second.tick().await.unwrap().claimed, 2);
@@ -109,46 +95,18 @@ async fn an_engine_claims_only_the_workflows_it_has_slots_for(db: Db) {
 async fn at_start_up_every_lease_of_the_previous_process_is_taken_at_once() {
     let db = Db::sqlite();
     let store = db.store().await;
-    let mut ids = Vec::new();
-    for _ in 0..5 {
-        ids.push(
-            create(
-                &store,
-                json!({ "id": "s", "role": "developer", "task": "T", "params": { "duration_ms": 0 } }),
-            )
-            .await,
-        );
-    }
+    let ids = one_step_workflows(&store, 5, 0).await;
     // The previous process claimed all five and died with their leases (half a minute).
     let mut before = engine(&store, "before", false);
     assert_eq!(before.tick().await.unwrap().claimed, 5);
     drop(before);
 
-    let config = EngineConfig::from_toml(DEFAULT_CONFIG_TOML).unwrap();
-    let settings = EngineSettings {
-        max_concurrency: 2,
-        ..EngineSettings::default()
-    };
-    let (mut after, _) = Engine::new(store.clone(), &config, "after".into(), settings);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut after = with_slots(&store, "after", 2, true);
+    // Well within the half minute the old leases would take to expire.
+    let within = std::time::Duration::from_secs(10);
     for id in &ids {
-        loop {
-            after.tick().await.unwrap();
-            while after.in_flight_count() > 0 {
-                assert!(after.wait_for_attempt().await);
-                after.tick().await.unwrap();
-            }
-            let s = store.load(id).await.unwrap().unwrap();
-            if s.status == WorkflowStatus::Completed {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{id} waits for its old lease to expire: {}",
-                s.status
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        let s = run_until_ended(&mut after, &store, id, within).await;
+        assert_eq!(s.status, WorkflowStatus::Completed);
     }
 }
 

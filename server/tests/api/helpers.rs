@@ -131,6 +131,14 @@ async fn start(
     (address, shutdown, handle)
 }
 
+/// Writes `cairn.toml` in `dir`: the shipped configuration with `extra` added (e.g. an
+/// `[engine]` table), for [`serve_binary_on`].
+pub fn config_file(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    let path = dir.join("cairn.toml");
+    std::fs::write(&path, format!("{DEFAULT_CONFIG_TOML}\n{extra}")).expect("writing cairn.toml");
+    path
+}
+
 /// Starts the real `cairn` binary on a free port with the SQLite file `db`; returns the
 /// child (kill it to stop) and its `http://127.0.0.1:PORT`, read from its start-up log line
 /// with a deadline rather than a sleep.

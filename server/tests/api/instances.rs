@@ -10,7 +10,7 @@ use std::{
 use serde_json::{Value, json};
 
 use crate::{
-    helpers::{get_json, serve_binary_on, start_on, wait_completed},
+    helpers::{config_file, get_json, serve_binary_on, start_on, wait_completed},
     pg::TestDb,
     sse::Sse,
 };
@@ -61,16 +61,8 @@ fn chain(name: &str) -> Value {
 async fn three_instances_share_the_work_and_one_killed_mid_step_loses_nothing() {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("cairn.toml");
     // A short lease: the killed instance's workflows are taken over within ~2 s.
-    std::fs::write(
-        &config,
-        format!(
-            "{}\n[engine]\nlease_ttl_ms = 2000\n",
-            server::config::DEFAULT_CONFIG_TOML
-        ),
-    )
-    .unwrap();
+    let config = config_file(dir.path(), "[engine]\nlease_ttl_ms = 2000\n");
     let mut servers = Vec::new();
     for _ in 0..3 {
         servers.push(serve(&db, &config).await);
@@ -263,15 +255,7 @@ async fn a_server_whose_database_connections_die_mid_run_carries_on() {
 async fn an_instance_stopped_gracefully_hands_its_workflows_over_at_once() {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("cairn.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "{}\n[engine]\nlease_ttl_ms = 60000\n",
-            server::config::DEFAULT_CONFIG_TOML
-        ),
-    )
-    .unwrap();
+    let config = config_file(dir.path(), "[engine]\nlease_ttl_ms = 60000\n");
     let leaving = serve(&db, &config).await;
     let staying = serve(&db, &config).await;
     let client = reqwest::Client::new();

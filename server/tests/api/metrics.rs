@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use prometheus_parse::{Scrape, Value};
 use serde_json::json;
 
-use crate::helpers::{get_json, serve_binary, serve_binary_on, start_on, wait_completed};
+use crate::helpers::{
+    config_file, get_json, serve_binary, serve_binary_on, start_on, wait_completed,
+};
 
 fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     scrape
@@ -141,15 +143,7 @@ async fn ticks(client: &reqwest::Client, base: &str) -> f64 {
 #[tokio::test]
 async fn a_retry_due_while_every_slot_is_taken_leaves_the_engine_waiting() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("cairn.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "{}\n[engine]\nmax_concurrency = 1\n",
-            server::config::DEFAULT_CONFIG_TOML
-        ),
-    )
-    .unwrap();
+    let config = config_file(dir.path(), "[engine]\nmax_concurrency = 1\n");
     let url = format!("sqlite://{}", dir.path().join("cairn.db").display());
     let (mut child, base) = serve_binary_on(&url, Some(&config));
     let client = reqwest::Client::new();

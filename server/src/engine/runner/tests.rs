@@ -86,11 +86,41 @@ async fn a_failing_command_reports_its_exit_status_and_stderr_tail() {
     assert!(!err.is_final);
 }
 
+/// A program whose child leaves a file behind two seconds on, unless it is killed first.
+struct Survivor {
+    dir: tempfile::TempDir,
+}
+
+impl Survivor {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn marker(&self) -> std::path::PathBuf {
+        self.dir.path().join("survived")
+    }
+
+    /// The program: `sh -c` this script.
+    fn script(&self) -> String {
+        format!("(sleep 2; touch {}) & sleep 30", self.marker().display())
+    }
+
+    /// Fails if the child is still alive to leave its file.
+    async fn assert_killed(&self, what: &str) {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(
+            !self.marker().exists(),
+            "a child of the {what} program kept running"
+        );
+    }
+}
+
 #[tokio::test]
 async fn cancelling_kills_the_whole_process_group() {
-    let dir = tempfile::tempdir().unwrap();
-    let marker = dir.path().join("survived");
-    let script = format!("(sleep 2; touch {}) & sleep 30", marker.display());
+    let survivor = Survivor::new();
+    let script = survivor.script();
     let (sink, _rx) = LogSink::channel(16);
     let cancel = CancellationToken::new();
     let runner = command("sh", &["-c", &script]);
@@ -103,20 +133,15 @@ async fn cancelling_kills_the_whole_process_group() {
     });
     let err = run.await.unwrap_err();
     assert_eq!(err.message, "cancelled");
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(
-        !marker.exists(),
-        "a child of the cancelled program kept running"
-    );
+    survivor.assert_killed("cancelled").await;
 }
 
 /// An attempt dropped unfinished (the engine stopping aborts its task) takes its program's
 /// children with it, not only the program.
 #[tokio::test]
 async fn an_attempt_dropped_unfinished_kills_the_whole_process_group() {
-    let dir = tempfile::tempdir().unwrap();
-    let marker = dir.path().join("survived");
-    let script = format!("(sleep 2; touch {}) & sleep 30", marker.display());
+    let survivor = Survivor::new();
+    let script = survivor.script();
     let (sink, _rx) = LogSink::channel(16);
     let cancel = CancellationToken::new();
     let runner = command("sh", &["-c", &script]);
@@ -124,11 +149,7 @@ async fn an_attempt_dropped_unfinished_kills_the_whole_process_group() {
     let run = runner.run(&a, &sink, &cancel);
     let dropped = tokio::time::timeout(Duration::from_millis(200), run).await;
     assert!(dropped.is_err(), "still running when dropped");
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(
-        !marker.exists(),
-        "a child of the dropped program kept running"
-    );
+    survivor.assert_killed("dropped").await;
 }
 
 /// A program that exits while something it started outside its group (`setsid`) still holds
