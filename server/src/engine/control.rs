@@ -200,8 +200,7 @@ impl Engine {
                 let state = *state;
                 if let Some(owned) = self.owned.get_mut(workflow_id) {
                     // Attempts whose step the control took away are stopped now.
-                    owned.stop_replaced(&state);
-                    owned.state = state.clone();
+                    owned.take_state(state.clone());
                     if let Some((step_id, output)) = whole {
                         let finished_at = state.step(&step_id).and_then(|s| s.finished_at);
                         owned.whole_outputs.keep(step_id, finished_at, output);

@@ -109,11 +109,21 @@ struct Launched {
 }
 
 impl Owned {
-    /// Stops and forgets the attempts whose step `state` no longer has running under their
-    /// number: a control took it away, a change committed elsewhere reset it (a retry of a
-    /// step before it), or the step has moved on to its next attempt. Their results belong to
-    /// nobody, even if the step starts again under the same number.
-    fn stop_replaced(&mut self, state: &WorkflowState) {
+    /// The steps its state has running that this engine runs nothing for (a start committed
+    /// by a checkpoint whose answer was lost); none unless the workflow is running.
+    fn unlaunched(&self) -> impl Iterator<Item = &cairn::StepState> {
+        let running = self.state.status == WorkflowStatus::Running;
+        self.state.steps.iter().filter(move |s| {
+            running && s.status == cairn::StepStatus::Running && !self.attempts.contains_key(&s.id)
+        })
+    }
+
+    /// Takes in `state` as committed, stopping and forgetting the attempts whose step it no
+    /// longer has running under their number: a control took it away, a change committed
+    /// elsewhere reset it (a retry of a step before it), or the step has moved on to its next
+    /// attempt. Their results belong to nobody, even if the step starts again under the same
+    /// number.
+    fn take_state(&mut self, state: WorkflowState) {
         self.attempts.retain(|step_id, launched| {
             let running = state.step(step_id).is_some_and(|s| {
                 s.status == cairn::StepStatus::Running && s.attempt == launched.attempt
@@ -123,6 +133,7 @@ impl Owned {
             }
             running
         });
+        self.state = state;
     }
 }
 

@@ -293,8 +293,7 @@ impl Engine {
         match self.store.load(id).await? {
             Some(state) if state.status == WorkflowStatus::Running => {
                 if let Some(o) = self.owned.get_mut(id) {
-                    o.stop_replaced(&state);
-                    o.state = state;
+                    o.take_state(state);
                 }
                 self.note_unlaunched(id);
             }
@@ -310,15 +309,11 @@ impl Engine {
     /// Notes workflow `id` for [`Engine::launch_unlaunched`] if its state, as read back or
     /// answered by the store, has a step running that this engine runs nothing for.
     pub(super) fn note_unlaunched(&mut self, id: &str) {
-        let Some(o) = self.owned.get(id) else {
-            return;
-        };
-        let unlaunched = o.state.status == WorkflowStatus::Running
-            && o.state
-                .steps
-                .iter()
-                .any(|s| s.status == cairn::StepStatus::Running && !o.attempts.contains_key(&s.id));
-        if unlaunched {
+        if self
+            .owned
+            .get(id)
+            .is_some_and(|o| o.unlaunched().next().is_some())
+        {
             self.unlaunched.insert(id.to_string());
         }
     }

@@ -1,7 +1,7 @@
 //! After a checkpoint is durable: the engine takes in the committed state and launches the
 //! attempts it started, each as a task of its own.
 
-use cairn::{StepStatus, WorkflowState, WorkflowStatus};
+use cairn::{WorkflowState, WorkflowStatus};
 
 use super::draft::render_whole;
 use crate::engine::{
@@ -25,15 +25,9 @@ impl Engine {
             let Some(owned) = self.owned.get(&id) else {
                 continue;
             };
-            if owned.state.status != WorkflowStatus::Running {
-                continue;
-            }
             let epoch = owned.fence.epoch;
             let tasks: Vec<(String, u32, Result<String, String>)> = owned
-                .state
-                .steps
-                .iter()
-                .filter(|s| s.status == StepStatus::Running && !owned.attempts.contains_key(&s.id))
+                .unlaunched()
                 .map(|s| {
                     let task = render_whole(&owned.state, &owned.whole_outputs, &s.id);
                     (s.id.clone(), s.attempt, task)
@@ -100,8 +94,7 @@ impl Engine {
         // The store folds onto what is committed, which may hold a change made elsewhere since
         // this engine last read the log (a retry that reset a running step): that attempt is
         // stopped here, since the log will not say so again.
-        owned.stop_replaced(&state);
-        owned.state = state;
+        owned.take_state(state);
         let epoch = owned.fence.epoch;
         for (step_id, task) in launches {
             self.launch(id, &step_id, task, epoch);
