@@ -110,6 +110,33 @@ async fn at_start_up_every_lease_of_the_previous_process_is_taken_at_once() {
     }
 }
 
+/// Postgres: other instances share the database and are alive, so an engine starting with
+/// `steal_on_start` (the default) still leaves their unexpired leases alone.
+#[tokio::test]
+async fn on_a_shared_database_a_starting_engine_leaves_live_leases_alone() {
+    let db = Db::postgres().await;
+    let store = db.store().await;
+    let ids = one_step_workflows(&store, 3, 0).await;
+    let mut running = engine(&store, "running", false);
+    assert_eq!(running.tick().await.unwrap().claimed, 3);
+
+    let mut starting = engine(&db.peer(&store).await, "starting", true);
+    let t = starting.tick().await.unwrap();
+    assert_eq!(t.claimed, 0, "took leases another live instance holds");
+    assert_eq!(starting.owned_count(), 0);
+    for id in &ids {
+        let s = run_until_ended(&mut running, &store, id, std::time::Duration::from_secs(10)).await;
+        assert_eq!(s.status, WorkflowStatus::Completed);
+        let stalled = store
+            .history(id, 0)
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| matches!(r.event, Event::WorkflowStalled { .. }));
+        assert!(!stalled, "{id} was taken over");
+    }
+}
+
 /// Stopping, an engine commits the results that came back before the stop (they must not
 /// run again elsewhere) without starting anything, and hands the workflow over: another
 /// engine takes it over at once, runs the stopped attempt again and the steps after.

@@ -26,7 +26,8 @@ impl Engine {
             // Still due: the next tick after a slot frees claims.
             return Ok(Vec::new());
         }
-        let steal = self.stealing && self.settings.steal_on_start;
+        // Only where this process is the database's one owner is any other owner dead.
+        let steal = self.stealing && self.settings.steal_on_start && self.store.single_owner();
         let ttl = chrono::Duration::from_std(self.settings.lease_ttl)?;
         let claimed = self.store.claim(&self.instance, ttl, limit, steal).await?;
         let more = claimed.len() as u32 == limit;
