@@ -562,13 +562,16 @@ async fn a_value_postgres_refuses_fails_its_change_alone() {
     assert_eq!(good_state.status, cairn::WorkflowStatus::Running);
 }
 
-/// A takeover while the old owner is still committing: a claim skips a workflow whose
-/// checkpoint holds its row, so it cannot take the lease between that checkpoint's check and
-/// its commit; once taken over, the old owner's late result is refused and leaves no trace.
+/// A takeover while the old owner is still committing: the old owner's checkpoint holds the
+/// workflow's row until it commits, so a claim skips the workflow rather than take the lease
+/// between that checkpoint's lease check and its commit; once the claim has taken it over, the
+/// old owner's late result is refused and leaves no trace.
 #[tokio::test]
 async fn a_takeover_waits_for_a_checkpoint_in_progress_and_then_fences_the_old_owner() {
-    use sqlx::Connection;
     let db = Db::postgres().await;
+    let Db::Postgres(pg) = &db else {
+        unreachable!()
+    };
     let (old, new) = (db.store().await, db.store().await);
     let id = create(&old).await;
     let ttl = chrono::Duration::milliseconds(200);
@@ -576,17 +579,41 @@ async fn a_takeover_waits_for_a_checkpoint_in_progress_and_then_fences_the_old_o
     let fence = claimed[0].fence.clone();
     tokio::time::sleep(Duration::from_millis(400)).await; // the old owner's lease expires
 
-    // The old owner's checkpoint is in progress: it holds the workflow's row.
-    let Db::Postgres(pg) = &db else {
-        unreachable!()
-    };
-    let mut checkpoint = pg.connect().await;
-    let mut tx = checkpoint.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM cairn.workflows WHERE id = $1 FOR UPDATE")
-        .bind(&id)
-        .execute(&mut *tx)
+    // The old owner's checkpoint, held up between its lease check and its commit.
+    let mut admin = pg.connect().await;
+    for sql in [
+        "CREATE FUNCTION cairn.slow_ids() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_sleep(2); RETURN NEW; END $$",
+        // Taking the ids comes after the lease check and before the rows are written.
+        "CREATE TRIGGER slow_ids BEFORE UPDATE ON cairn.log_head FOR EACH ROW \
+         EXECUTE FUNCTION cairn.slow_ids()",
+    ] {
+        sqlx::query(sql).execute(&mut admin).await.unwrap();
+    }
+    let mut start = event(&id, Event::WorkflowStarted {});
+    start.fence = Some(fence.clone());
+    let committing = tokio::spawn({
+        let old = old.clone();
+        async move { old.commit(vec![start]).await }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let sleeping: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND datname = $1",
+        )
+        .bind(pg.url.rsplit('/').next().unwrap())
+        .fetch_one(&mut admin)
         .await
         .unwrap();
+        if sleeping > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the checkpoint never took its ids"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let during = tokio::time::timeout(Duration::from_secs(5), new.claim("new", ttl, 10, false))
         .await
         .expect("a claim waited on a checkpoint in progress instead of skipping it")
@@ -595,7 +622,12 @@ async fn a_takeover_waits_for_a_checkpoint_in_progress_and_then_fences_the_old_o
         during.is_empty(),
         "a claim took the lease from under a checkpoint in progress"
     );
-    tx.rollback().await.unwrap();
+    let out = committing.await.unwrap().unwrap();
+    assert!(matches!(out[0], Outcome::Committed { .. }), "{out:?}");
+    sqlx::query("DROP TRIGGER slow_ids ON cairn.log_head")
+        .execute(&mut admin)
+        .await
+        .unwrap();
 
     // Once it is done, the expired lease is taken over under a new epoch...
     let taken = new
@@ -607,7 +639,16 @@ async fn a_takeover_waits_for_a_checkpoint_in_progress_and_then_fences_the_old_o
     assert_eq!(taken[0].previous_owner.as_deref(), Some("old"));
     // ...and the old owner's late result is refused.
     let before = old.history(&id, 0).await.unwrap().len();
-    let mut late = event(&id, Event::WorkflowStarted {});
+    let mut late = event(
+        &id,
+        Event::StepStarted {
+            step_id: "a".into(),
+            attempt: 1,
+            task: "A".into(),
+            task_bytes: None,
+            session_id: None,
+        },
+    );
     late.fence = Some(fence);
     let out = old.commit(vec![late]).await.unwrap();
     assert!(
@@ -615,6 +656,58 @@ async fn a_takeover_waits_for_a_checkpoint_in_progress_and_then_fences_the_old_o
         "{out:?}"
     );
     assert_eq!(old.history(&id, 0).await.unwrap().len(), before);
+}
+
+/// Instances started at once on an empty database all come up (one of them applies the
+/// schema, the others wait for it), and a `postgresql://` URL names the same database.
+#[tokio::test]
+async fn instances_starting_at_once_on_an_empty_database_share_one_schema() {
+    let db = TestDb::new().await;
+    let other_scheme = db.url.replacen("postgres://", "postgresql://", 1);
+    let urls = [db.url.as_str(), other_scheme.as_str(), db.url.as_str()];
+    let stores = futures::future::join_all(urls.map(Store::connect)).await;
+    let stores: Vec<Store> = stores.into_iter().map(|s| s.unwrap()).collect();
+    let id = create(&stores[1]).await;
+    for store in &stores {
+        assert!(store.load(&id).await.unwrap().is_some());
+    }
+}
+
+/// A group that changes one workflow twice is committed in two rounds, in one transaction:
+/// it wakes the other instances once, with the id of its last event.
+#[tokio::test]
+async fn a_group_of_several_rounds_notifies_once() {
+    let db = Db::postgres().await;
+    let Db::Postgres(pg) = &db else {
+        unreachable!()
+    };
+    let store = db.store().await;
+    let id = create(&store).await;
+    let mut listener = sqlx::postgres::PgListener::connect(&pg.url).await.unwrap();
+    listener.listen("cairn_events").await.unwrap();
+    let out = store
+        .commit(vec![
+            event(&id, Event::WorkflowStarted {}),
+            event(
+                &id,
+                Event::StepStarted {
+                    step_id: "a".into(),
+                    attempt: 1,
+                    task: "A".into(),
+                    task_bytes: None,
+                    session_id: None,
+                },
+            ),
+        ])
+        .await
+        .unwrap();
+    let Outcome::Committed { records, .. } = &out[1] else {
+        panic!("{out:?}")
+    };
+    let first = listener.recv().await.unwrap();
+    assert_eq!(first.payload(), records[0].id.to_string());
+    let second = tokio::time::timeout(Duration::from_millis(500), listener.recv()).await;
+    assert!(second.is_err(), "notified again: {second:?}");
 }
 
 /// Runs workflow `id` (one step `a`) to `end`: completed with an output, failed or cancelled.

@@ -1,5 +1,6 @@
 //! The Postgres checkpoint: a group's changes in one transaction, a constant number of
-//! round trips per round (lock, read leases, take ids, write with `UNNEST`, notify).
+//! round trips per round (lock, read leases, take ids, write with `UNNEST`), and one
+//! notification per group.
 
 use std::collections::HashMap;
 
@@ -59,34 +60,92 @@ async fn commit_on(
     channel: &str,
 ) -> anyhow::Result<Vec<Outcome>> {
     let mut outcomes = group::Outcomes::new(changes.len());
+    let (ids, keys) = group::touched(&changes);
+    let rounds = group::rounds(changes);
     let mut tx = conn.begin().await.context("beginning a checkpoint")?;
-    for (slots, round) in group::rounds(changes) {
-        outcomes.fill(slots, commit_round(&mut tx, round, channel).await?);
+    if rounds.len() > 1 {
+        // The log head's lock must be the last any checkpoint takes (so that two instances'
+        // checkpoints never wait on each other in a circle), but the first round takes it:
+        // every lock of the later rounds is taken now.
+        lock(&mut tx, &ids, &keys).await?;
+    }
+    let count = rounds.len();
+    let mut last = None;
+    for (i, (slots, round)) in rounds.into_iter().enumerate() {
+        // The group's one notification goes with its last round's rows, or on its own when
+        // that round writes nothing.
+        let notify = (i + 1 == count).then_some(channel);
+        let (done, written) = commit_round(&mut tx, round, notify).await?;
+        outcomes.fill(slots, done);
+        match written {
+            Written::Notified => last = None,
+            Written::Upto(id) => last = Some(id),
+            Written::Nothing => {}
+        }
+    }
+    if let Some(last) = last {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(channel)
+            .bind(last.to_string())
+            .execute(&mut *tx)
+            .await
+            .context("notifying a checkpoint")?;
     }
     tx.commit().await.context("committing a checkpoint")?;
     outcomes.finish()
 }
 
-/// One round inside the checkpoint's transaction: lock, read, decide, take ids, write and
-/// notify `channel`.
-async fn commit_round(
+/// What a round wrote to the log.
+enum Written {
+    Nothing,
+    /// Events up to this id, not yet notified.
+    Upto(i64),
+    /// Events, and the notification for the whole group.
+    Notified,
+}
+
+/// Locks the rows of the workflows `ids` that exist, in id order (no deadlocks between
+/// instances), and the idempotency keys `keys` by value (two instances given the same key at
+/// once decide one after the other); returns the workflows' log positions. Both sorted.
+async fn lock(
     tx: &mut PgConnection,
-    changes: Vec<Change>,
-    channel: &str,
-) -> anyhow::Result<Vec<Outcome>> {
-    let (ids, key_list) = group::touched(&changes);
-    // 1. Lock the rows of the workflows that exist, in id order (no deadlocks between
-    //    instances), then read their leases in a statement of its own: it sees a takeover
-    //    that committed while this one waited for the locks.
-    let positions: HashMap<String, i64> = sqlx::query_as(
+    ids: &[String],
+    keys: &[String],
+) -> anyhow::Result<HashMap<String, i64>> {
+    let positions = sqlx::query_as(
         "SELECT id, last_event_id FROM workflows WHERE id = ANY($1) ORDER BY id FOR UPDATE",
     )
-    .bind(&ids)
+    .bind(ids)
     .fetch_all(&mut *tx)
     .await
     .context("locking workflows")?
     .into_iter()
     .collect();
+    if !keys.is_empty() {
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtextextended(k, 7)) \
+             FROM unnest($1::text[]) AS k ORDER BY k",
+        )
+        .bind(keys)
+        .execute(&mut *tx)
+        .await
+        .context("locking idempotency keys")?;
+    }
+    Ok(positions)
+}
+
+/// One round inside the checkpoint's transaction: lock, read, decide, take ids, write, and
+/// notify `notify` (the group's last round).
+async fn commit_round(
+    tx: &mut PgConnection,
+    changes: Vec<Change>,
+    notify: Option<&str>,
+) -> anyhow::Result<(Vec<Outcome>, Written)> {
+    let (ids, key_list) = group::touched(&changes);
+    // 1. Lock (already held when an earlier round of the group took them), then read the
+    //    leases in a statement of its own: it sees a takeover that committed while this one
+    //    waited for the locks.
+    let positions = lock(tx, &ids, &key_list).await?;
     let leases: HashMap<String, (String, i64)> = sqlx::query_as::<_, (String, String, i64)>(
         "SELECT workflow_id, owner, epoch FROM leases WHERE workflow_id = ANY($1)",
     )
@@ -98,18 +157,9 @@ async fn commit_round(
     .map(|(id, owner, epoch)| (id, (owner, epoch)))
     .collect();
 
-    // 2. Idempotency keys: locked by value (two instances given the same key at once
-    //    decide one after the other), then read.
+    // 2. Idempotency keys, locked above.
     let mut keys = HashMap::new();
     if !key_list.is_empty() {
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(hashtextextended(k, 7)) \
-             FROM unnest($1::text[]) AS k ORDER BY k",
-        )
-        .bind(&key_list)
-        .execute(&mut *tx)
-        .await
-        .context("locking idempotency keys")?;
         keys = sqlx::query_as::<_, (String, String, String)>(
             "SELECT key, request_hash, workflow_id FROM idempotency_keys WHERE key = ANY($1)",
         )
@@ -132,7 +182,7 @@ async fn commit_round(
     let decided = group::decide_round(&mut facts, changes).await?;
     let total = group::event_count(&decided);
     if total == 0 {
-        return Ok(Rows::build(decided, 0)?.1);
+        return Ok((Rows::build(decided, 0)?.1, Written::Nothing));
     }
 
     // 4. Take the ids: the log head's row lock is the last lock taken.
@@ -143,17 +193,23 @@ async fn commit_round(
             .await
             .context("taking event ids")?;
     let (rows, outcomes) = Rows::build(decided, first)?;
-    write_rows(tx, &rows, channel, first + total - 1).await?;
-    Ok(outcomes)
+    let last = first + total - 1;
+    write_rows(tx, &rows, notify, last).await?;
+    let written = match notify {
+        Some(_) => Written::Notified,
+        None => Written::Upto(last),
+    };
+    Ok((outcomes, written))
 }
 
 /// 5. Every table in one statement: one data-modifying CTE per table (foreign keys are
-///    checked at the end of the statement, when all of them are written), and the one
-///    notification of the round, ids only: listeners read the log themselves.
+///    checked at the end of the statement, when all of them are written), and, with
+///    `notify`, the group's one notification on that channel, ids only: listeners read the
+///    log themselves.
 async fn write_rows(
     tx: &mut PgConnection,
     rows: &Rows,
-    channel: &str,
+    notify: Option<&str>,
     last: i64,
 ) -> anyhow::Result<()> {
     let outputs: Vec<&[u8]> = rows.outputs.iter().map(|o| o.as_bytes()).collect();
@@ -184,7 +240,7 @@ async fn write_rows(
            SELECT w, o, e, now() + t * interval '1 millisecond' \
            FROM UNNEST($30::text[], $31::text[], $32::bigint[], $33::bigint[]) AS l(w, o, e, t)), \
          leases_released AS (DELETE FROM leases WHERE workflow_id = ANY($34)) \
-         SELECT pg_notify($35, $36)",
+         SELECT pg_notify($35, $36) WHERE $35::text IS NOT NULL",
     )
     .bind(&rows.event_ids)
     .bind(&rows.event_workflows)
@@ -220,7 +276,7 @@ async fn write_rows(
     .bind(&rows.lease_epochs)
     .bind(&rows.lease_ttls_ms)
     .bind(&rows.finished)
-    .bind(channel)
+    .bind(notify)
     .bind(last.to_string())
     .bind(&rows.wf_specs)
     .bind(&rows.wf_workspaces)
