@@ -62,7 +62,18 @@ async fn three_instances_share_the_work_and_one_killed_mid_step_loses_nothing() 
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     // A short lease: the killed instance's workflows are taken over within ~2 s.
-    let config = config_file(dir.path(), "[engine]\nlease_ttl_ms = 2000\n");
+    // Each run of a step leaves a line in `runs`, so what ran is counted, not what the log
+    // says ran.
+    let runs = dir.path().join("runs");
+    let config = config_file(
+        dir.path(),
+        &format!(
+            "[engine]\nlease_ttl_ms = 2000\n\n[roles.marked]\nrunner = \"command\"\n\
+             program = \"sh\"\nargs = ['-c', 'echo \"$CAIRN_WORKFLOW_ID $CAIRN_STEP_ID\" >> {}; \
+             sleep 0.7; cat']\n",
+            runs.display()
+        ),
+    );
     let mut servers = Vec::new();
     for _ in 0..3 {
         servers.push(serve(&db, &config).await);
@@ -80,7 +91,11 @@ async fn three_instances_share_the_work_and_one_killed_mid_step_loses_nothing() 
     let client = reqwest::Client::new();
     let mut ids = Vec::new();
     for i in 0..9 {
-        ids.push(start_on(&client, &servers[i % 3].url, &chain(&format!("wf{i}"))).await);
+        let mut spec = chain(&format!("wf{i}"));
+        for step in spec["steps"].as_array_mut().unwrap() {
+            step["role"] = json!("marked");
+        }
+        ids.push(start_on(&client, &servers[i % 3].url, &spec).await);
     }
 
     // The work spreads: each instance holds leases. Then the first is killed mid-step.
@@ -100,6 +115,7 @@ async fn three_instances_share_the_work_and_one_killed_mid_step_loses_nothing() 
     assert_eq!(owners.len(), 3, "the work did not spread: {owners:?}");
     let victim = servers.remove(0);
     let victim_id = victim.instance.clone();
+    let killed_at = chrono::Utc::now();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(victim.child.id() as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -124,6 +140,11 @@ async fn three_instances_share_the_work_and_one_killed_mid_step_loses_nothing() 
 
     // Nothing completed twice; the victim's workflows were taken over with the events that
     // say so.
+    let mut ran: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for line in std::fs::read_to_string(&runs).unwrap().lines() {
+        let (wf, step) = line.split_once(' ').unwrap();
+        *ran.entry((wf.to_string(), step.to_string())).or_default() += 1;
+    }
     let mut taken_over = 0;
     for id in &ids {
         let h = get_json(
@@ -146,11 +167,44 @@ async fn three_instances_share_the_work_and_one_killed_mid_step_loses_nothing() 
             completed.values().all(|n| *n == 1),
             "{id} ran a step twice: {completed:?}"
         );
-        let stalled = events
-            .iter()
-            .any(|e| e["type"] == "workflow.stalled" && e["previous_owner"] == victim_id.as_str());
+        let stalled_at = events.iter().position(|e| {
+            e["type"] == "workflow.stalled" && e["previous_owner"] == victim_id.as_str()
+        });
+        for step in ["s0", "s1", "s2"] {
+            let runs = ran
+                .get(&(id.clone(), step.to_string()))
+                .copied()
+                .unwrap_or(0);
+            let started = events
+                .iter()
+                .filter(|e| e["type"] == "step.started" && e["step_id"] == step)
+                .count();
+            // Every run was a start the log holds (none launched without its start durable).
+            assert!(
+                runs >= 1 && runs <= started,
+                "{id}/{step}: ran {runs}, started {started}"
+            );
+            // A step completed before the takeover (or with none) never ran again.
+            let completed_at = events
+                .iter()
+                .position(|e| e["type"] == "step.completed" && e["step_id"] == step)
+                .unwrap();
+            if stalled_at.is_none_or(|at| completed_at < at) {
+                assert_eq!(runs, 1, "{id}/{step} completed, then ran again");
+            }
+        }
+        let stalled = stalled_at.is_some();
         if held.contains(id) {
             assert!(stalled, "{id} was the victim's but was not taken over");
+            // Taken over once the lease ran out (2 s), not much later: the slack is for a
+            // busy machine, far from the 30 s default TTL a stuck claim would look like.
+            let at: chrono::DateTime<chrono::Utc> = events[stalled_at.unwrap()]["at"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let after = (at - killed_at).num_milliseconds();
+            assert!(after < 15_000, "{id} taken over {after} ms after the kill");
             assert!(events.iter().any(|e| e["type"] == "workflow.resumed"));
             taken_over += 1;
         }
@@ -329,4 +383,123 @@ async fn an_instance_stopped_gracefully_hands_its_workflows_over_at_once() {
         .map(|e| e["step_id"].as_str().unwrap())
         .collect();
     assert_eq!(completed, ["first", "long"], "each step completed once");
+}
+
+/// Any instance answers for every workflow: controls sent over HTTP to an instance that does
+/// not run the workflow take effect on the one that does, with the same 409 rules, and the
+/// workflow's own stream on the first instance carries what they caused to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controls_and_a_workflows_stream_work_on_an_instance_that_does_not_run_it() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), "");
+    let servers = [serve(&db, &config).await, serve(&db, &config).await];
+    let client = reqwest::Client::new();
+    let quick = json!({ "duration_ms": 0 });
+    // a runs for a minute; b fails and waits a minute for its retry.
+    let spec = json!({ "steps": [
+        { "id": "a", "role": "developer", "task": "A", "params": { "duration_ms": 60000 } },
+        { "id": "b", "role": "developer", "task": "B",
+          "params": { "duration_ms": 0, "fail_attempts": 10, "error": "flaky" },
+          "retry": { "max_attempts": 5, "initial_interval_ms": 60000, "max_interval_ms": 60000,
+                     "jitter": false } },
+        { "id": "c", "role": "developer", "task": "after {b.output}", "deps": ["b"],
+          "params": quick }
+    ] });
+    let id = start_on(&client, &servers[0].url, &spec).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let wf = get_json(&client, &servers[1].url, &format!("/api/workflows/{id}")).await;
+        if wf["steps"][0]["status"] == "running" && wf["steps"][1]["status"] == "retrying" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never started: {wf}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut admin = db.connect().await;
+    let elsewhere = not_running(&mut admin, &servers, &id).await;
+    let mut stream = Sse::connect_url(
+        &format!("{}/api/workflows/{id}/events", elsewhere.url),
+        None,
+    )
+    .await;
+    let post = async |path: &str, body: Value| {
+        let resp = client
+            .post(format!("{}/api/workflows/{id}{path}", elsewhere.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json::<Value>().await.unwrap())
+    };
+
+    // b is skipped while it waits: the owner runs c, which renders the skip's output.
+    let (status, body) = post("/steps/b/skip", json!({ "output": "S" })).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["steps"][1]["status"], "skipped", "{body}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let wf = get_json(&client, &elsewhere.url, &format!("/api/workflows/{id}")).await;
+        if wf["steps"][2]["status"] == "completed" {
+            assert_eq!(wf["steps"][2]["output"], "after S", "{wf}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "c never ran: {wf}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = post("/steps/b/skip", json!({})).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "conflict", "{body}");
+
+    // Cancelled there too: the lease is gone with it; a second cancel is refused.
+    let (status, body) = post("/cancel", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "cancelled", "{body}");
+    assert_eq!(body["steps"][0]["status"], "cancelled", "{body}");
+    let (status, body) = post("/cancel", json!({})).await;
+    assert_eq!(status, 409, "{body}");
+    let leases: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM cairn.leases WHERE workflow_id = $1")
+            .bind(&id)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    assert_eq!(leases, 0);
+
+    // The stream on the instance that sent the controls carried the run to its end.
+    let mut seen = Vec::new();
+    while seen.last().is_none_or(|t| t != "workflow.cancelled") {
+        let Some(f) = stream.next_event(Duration::from_secs(10)).await else {
+            panic!("the stream stopped after {seen:?}");
+        };
+        match f.event {
+            Some(t) if t != "snapshot" && t != "step.log" => seen.push(t),
+            _ => {}
+        }
+    }
+    let from_skip: Vec<&str> = seen
+        .iter()
+        .skip_while(|t| *t != "step.skipped")
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        from_skip[..3],
+        ["step.skipped", "step.started", "step.completed"],
+        "{seen:?}"
+    );
+}
+
+/// The server of `servers` that does not hold workflow `id`'s lease.
+async fn not_running<'a>(
+    admin: &mut sqlx::PgConnection,
+    servers: &'a [Server],
+    id: &str,
+) -> &'a Server {
+    let owner: String = sqlx::query_scalar("SELECT owner FROM cairn.leases WHERE workflow_id = $1")
+        .bind(id)
+        .fetch_one(admin)
+        .await
+        .unwrap();
+    servers.iter().find(|s| s.instance != owner).unwrap()
 }
