@@ -20,15 +20,25 @@ as_root() {
   fi
 }
 
+installed=
 if ! command -v pg_lsclusters >/dev/null; then
   say "installing Debian's PostgreSQL for the tests"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
+  installed=1
 fi
 cluster=$(pg_lsclusters --no-header | awk 'NR==1 {print $1" "$2}')
 if [ -z "$cluster" ]; then
   echo "error: PostgreSQL is installed but has no cluster (pg_createcluster 15 main)" >&2
   exit 1
+fi
+if [ -n "$installed" ]; then
+  # Debian's new cluster asks for a password over TCP; the tests connect as `postgres` from
+  # 127.0.0.1 without one, as on the machines this runs on. Only a cluster this script has
+  # just installed is changed, never one someone set up.
+  # shellcheck disable=SC2086
+  hba=$(pg_conftool $cluster show -s hba_file)
+  as_root sed -i '1i host all postgres 127.0.0.1/32 trust' "$hba"
 fi
 say "starting PostgreSQL ($cluster)"
 # shellcheck disable=SC2086
@@ -38,6 +48,9 @@ for _ in $(seq 1 60); do
   sleep 0.5
 done
 ready || { echo "error: PostgreSQL did not come up on 127.0.0.1:5432" >&2; exit 1; }
+# Installing it may have started it before its pg_hba.conf changed above.
+# shellcheck disable=SC2086
+[ -z "$installed" ] || as_root pg_ctlcluster $cluster reload
 # The tests connect as `postgres` without a password, as on this kind of machine (trust auth
 # for local TCP). Say so plainly if this server wants one.
 if ! psql -h 127.0.0.1 -U postgres -d postgres -Atc 'SELECT 1' >/dev/null 2>&1; then

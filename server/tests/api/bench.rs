@@ -19,7 +19,18 @@ async fn bench(args: &[&str]) -> Value {
 #[tokio::test]
 async fn a_chain_costs_four_commits_per_workflow_on_both_stores() {
     for store in ["sqlite", "postgres"] {
-        let r = bench(&["--workload", "chain", "--n", "20", "--store", store]).await;
+        let url = crate::pg::admin_url();
+        let r = bench(&[
+            "--workload",
+            "chain",
+            "--n",
+            "20",
+            "--store",
+            store,
+            "--database-url",
+            &url,
+        ])
+        .await;
         assert_eq!(r["store"], store);
         assert_eq!(r["workflows"], 20);
         assert_eq!(r["steps"], 60);
@@ -45,6 +56,8 @@ async fn concurrent_chains_spread_over_instances_sharing_postgres() {
         "postgres",
         "--instances",
         "2",
+        "--database-url",
+        &crate::pg::admin_url(),
     ])
     .await;
     assert_eq!(r["instances"], 2);

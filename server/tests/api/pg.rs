@@ -8,7 +8,7 @@
 use sqlx::{Connection, PgConnection};
 
 /// The server's maintenance database, where test databases are created.
-fn admin_url() -> String {
+pub(crate) fn admin_url() -> String {
     std::env::var("CAIRN_TEST_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
