@@ -102,7 +102,7 @@ async fn through_a_lost_answer(spec: serde_json::Value) -> Vec<(String, &'static
     let Db::Postgres(pg) = &db else {
         unreachable!()
     };
-    let relay = crate::pg::AnswerLoser::start(pg).await;
+    let relay = crate::pg::Relay::start(pg).await;
     let store = Store::connect(&relay.url).await.unwrap();
     let id = create(&store, spec).await;
     let mut owner = engine(&store, "owner", false);

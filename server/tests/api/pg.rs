@@ -5,6 +5,11 @@
 //! run in parallel without seeing each other, and drops it (with any connection still open)
 //! when it ends, failed or not.
 
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicBool, AtomicU64, Ordering::SeqCst},
+};
+
 use sqlx::{Connection, PgConnection};
 
 /// The server's maintenance database, where test databases are created.
@@ -71,17 +76,19 @@ impl Drop for TestDb {
     }
 }
 
-/// A TCP relay in front of a test database that can lose one answer: armed, it passes the
-/// next `COMMIT` on to Postgres, which commits, and then drops the connection instead of
-/// relaying the answer, as a network failing at that moment would. The client cannot tell
-/// whether its transaction committed.
-pub struct AnswerLoser {
-    /// The database's URL through the relay (unencrypted, so that it can see the `COMMIT`).
+/// A TCP relay in front of a test database that counts each connection's round trips and
+/// can lose one answer: armed, it passes the next `COMMIT` on to Postgres, which commits, and
+/// then drops the connection instead of relaying the answer, as a network failing at that
+/// moment would. The client cannot tell whether its transaction committed.
+pub struct Relay {
+    /// The database's URL through the relay (unencrypted, so that it can read the protocol).
     pub url: String,
-    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    armed: Arc<AtomicBool>,
+    /// Per connection, in the order they were made: the round trips its client asked for.
+    round_trips: Arc<Mutex<Vec<Arc<AtomicU64>>>>,
 }
 
-impl AnswerLoser {
+impl Relay {
     /// Relays connections to the server `db` is on.
     pub async fn start(db: &TestDb) -> Self {
         let (scheme, rest) = db.url.split_once("://").expect("a URL");
@@ -92,43 +99,99 @@ impl AnswerLoser {
             "{scheme}://{user}@{}/{path}?sslmode=disable",
             listener.local_addr().unwrap()
         );
-        let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let armed = Arc::new(AtomicBool::new(false));
+        let round_trips: Arc<Mutex<Vec<Arc<AtomicU64>>>> = Arc::default();
         let server = server.to_string();
-        let relay_armed = armed.clone();
+        let (relay_armed, counters) = (armed.clone(), round_trips.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(upstream) = tokio::net::TcpStream::connect(&server).await else {
                     continue;
                 };
-                tokio::spawn(relay(client, upstream, relay_armed.clone()));
+                let count = Arc::new(AtomicU64::new(0));
+                counters.lock().unwrap().push(count.clone());
+                tokio::spawn(relay(client, upstream, relay_armed.clone(), count));
             }
         });
-        Self { url, armed }
+        Self {
+            url,
+            armed,
+            round_trips,
+        }
     }
 
     /// Loses the answer to the next `COMMIT` that any connection sends.
     pub fn lose_next_commit_answer(&self) {
-        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.armed.store(true, SeqCst);
+    }
+
+    /// The round trips each connection's client has asked for so far.
+    pub fn round_trips(&self) -> Vec<u64> {
+        let counters = self.round_trips.lock().unwrap();
+        counters.iter().map(|c| c.load(SeqCst)).collect()
+    }
+}
+
+/// Reads the messages a client sends, as they cross the relay in pieces of any size: after
+/// the start-up message (length, then body), each is a type byte, a length and a body. A
+/// round trip ends with `Sync` (the extended protocol sqlx uses for statements) or a simple
+/// `Query` (as sqlx sends `BEGIN` and `COMMIT`): the client then waits for the answer.
+#[derive(Default)]
+struct ClientMessages {
+    started: bool,
+    header: Vec<u8>,
+    body_left: usize,
+}
+
+impl ClientMessages {
+    /// Takes in `bytes`; returns how many round trips they end.
+    fn feed(&mut self, mut bytes: &[u8]) -> u64 {
+        let mut ends = 0;
+        while !bytes.is_empty() {
+            if self.body_left > 0 {
+                let n = self.body_left.min(bytes.len());
+                self.body_left -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let header_len = if self.started { 5 } else { 4 };
+            let n = (header_len - self.header.len()).min(bytes.len());
+            self.header.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if self.header.len() == header_len {
+                let len = &self.header[header_len - 4..];
+                let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+                if self.started && matches!(self.header[0], b'S' | b'Q') {
+                    ends += 1;
+                }
+                self.started = true;
+                self.body_left = len - 4;
+                self.header.clear();
+            }
+        }
+        ends
     }
 }
 
 async fn relay(
     client: tokio::net::TcpStream,
     upstream: tokio::net::TcpStream,
-    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    armed: Arc<AtomicBool>,
+    round_trips: Arc<AtomicU64>,
 ) {
-    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut from_client, mut to_client) = client.into_split();
     let (mut from_server, mut to_server) = upstream.into_split();
     let losing = AtomicBool::new(false);
     let up = async {
         let mut buf = vec![0u8; 64 * 1024];
+        let mut messages = ClientMessages::default();
         loop {
             let n = match from_client.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
+            round_trips.fetch_add(messages.feed(&buf[..n]), SeqCst);
             // A simple-protocol `COMMIT` (sqlx ends transactions so): 'Q', length, text, NUL.
             if buf[..n].windows(7).any(|w| w == b"COMMIT\0") && armed.swap(false, SeqCst) {
                 losing.store(true, SeqCst);

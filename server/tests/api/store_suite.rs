@@ -673,6 +673,43 @@ async fn instances_starting_at_once_on_an_empty_database_share_one_schema() {
     }
 }
 
+/// A checkpoint costs Postgres the same round trips whatever its size: three hundred new
+/// workflows as many as one (array inserts and upserts, never a statement per row), and as
+/// many as the README says: begin, lock, read the leases, take the ids, write, commit.
+#[tokio::test]
+async fn a_checkpoint_of_three_hundred_changes_takes_the_round_trips_of_one() {
+    let db = TestDb::new().await;
+    let relay = crate::pg::Relay::start(&db).await;
+    let store = Store::connect(&relay.url).await.unwrap();
+    let new = |n: usize| -> Vec<Change> {
+        (0..n)
+            .map(|_| {
+                let s = spec(json!({ "id": "a", "role": "architect", "task": "A" }));
+                Change::created(s, None, cairn::DEFAULT_WORKSPACE, None)
+            })
+            .collect()
+    };
+    // Each statement is prepared at its first use, which costs one round trip more.
+    store.commit(new(2)).await.unwrap();
+    let mut costs = Vec::new();
+    for n in [1, 300] {
+        let before = relay.round_trips();
+        let out = store.commit(new(n)).await.unwrap();
+        assert!(out.iter().all(|o| matches!(o, Outcome::Committed { .. })));
+        // The checkpoint's connection is the one that asked for the most meanwhile (the
+        // publisher reads the new events on another).
+        let cost = relay
+            .round_trips()
+            .iter()
+            .enumerate()
+            .map(|(i, after)| after - before.get(i).copied().unwrap_or(0))
+            .max()
+            .unwrap();
+        costs.push(cost);
+    }
+    assert_eq!(costs, [6, 6], "round trips of a checkpoint of 1 and of 300");
+}
+
 /// A group that changes one workflow twice is committed in two rounds, in one transaction:
 /// it wakes the other instances once, with the id of its last event.
 #[tokio::test]
