@@ -37,7 +37,7 @@ if [ -n "$installed" ]; then
   # 127.0.0.1 without one, as on the machines this runs on. Only a cluster this script has
   # just installed is changed, never one someone set up.
   # shellcheck disable=SC2086
-  hba=$(pg_conftool $cluster show -s hba_file)
+  hba=$(pg_conftool $cluster show -s hba_file | tr -d "'")
   as_root sed -i '1i host all postgres 127.0.0.1/32 trust' "$hba"
 fi
 say "starting PostgreSQL ($cluster)"
@@ -53,7 +53,13 @@ ready || { echo "error: PostgreSQL did not come up on 127.0.0.1:5432" >&2; exit 
 [ -z "$installed" ] || as_root pg_ctlcluster $cluster reload
 # The tests connect as `postgres` without a password, as on this kind of machine (trust auth
 # for local TCP). Say so plainly if this server wants one.
-if ! psql -h 127.0.0.1 -U postgres -d postgres -Atc 'SELECT 1' >/dev/null 2>&1; then
+connects() { psql -w -h 127.0.0.1 -U postgres -d postgres -Atc 'SELECT 1' >/dev/null 2>&1; }
+for _ in $(seq 1 20); do  # a reload is taken in a moment after it returns
+  connects && break
+  [ -n "$installed" ] || break
+  sleep 0.25
+done
+if ! connects; then
   echo "error: cannot connect as postgres@127.0.0.1 without a password; allow trust for" \
        "127.0.0.1 in pg_hba.conf, or set CAIRN_TEST_POSTGRES" >&2
   exit 1

@@ -4,8 +4,10 @@
 //! reads the rows it needs in bulk (positions, leases, idempotency keys), [`decide`]s every
 //! change on them ([`decide_round`]), then turns the plans into one array of rows per table
 //! ([`Rows`]) that the backend writes with one statement each (Postgres: an `UNNEST` of the
-//! arrays; SQLite: multi-row `VALUES`, one statement per 2,000 rows). So a group costs a
-//! constant number of round trips however many changes it carries.
+//! arrays; SQLite: multi-row `VALUES`, one statement per 2,000 rows). So a round costs a
+//! constant number of round trips however many changes it carries (plus one per change that
+//! does not bring the state it was decided from, such as a control from an instance that
+//! does not run the workflow).
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},

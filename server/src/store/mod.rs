@@ -298,7 +298,10 @@ impl Store {
     ) -> anyhow::Result<Vec<Claimed>> {
         match &self.backend {
             Backend::Sqlite(s, _) => s.claim(owner, ttl, limit, steal).await,
-            Backend::Postgres(p, _) => p.claim(owner, ttl, limit).await,
+            Backend::Postgres(p, _) => {
+                debug_assert!(!steal, "other owners of a shared database are alive");
+                p.claim(owner, ttl, limit).await
+            }
         }
     }
 

@@ -1,9 +1,10 @@
 //! Postgres: one database that any number of instances share.
 //!
 //! Reads go straight to a pool. Writes go through each instance's group commit
-//! ([`GroupCommit`]): a constant number of round trips per group whatever its size (begin,
-//! lock, read leases, take ids, write, commit), with array (`UNNEST`) inserts and upserts
-//! rather than a statement per row. The rules that decide whether a
+//! ([`GroupCommit`]): a constant number of round trips per round of a group whatever its size
+//! (begin, lock, read leases, take ids, write, commit; a group has one round unless it changes
+//! a workflow twice), with array (`UNNEST`) inserts and upserts rather than a statement per
+//! row. The rules that decide whether a
 //! change applies are the backend-free [`decide`]; this module reads the rows it needs and
 //! writes the plan.
 //!

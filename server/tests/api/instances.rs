@@ -167,9 +167,9 @@ async fn three_instances_share_the_work_and_one_killed_mid_step_loses_nothing() 
             completed.values().all(|n| *n == 1),
             "{id} ran a step twice: {completed:?}"
         );
-        let stalled_at = events.iter().position(|e| {
-            e["type"] == "workflow.stalled" && e["previous_owner"] == victim_id.as_str()
-        });
+        // The first takeover, the victim's or (on a machine slow enough for a survivor's
+        // lease to lapse) another's: a step running then may run again.
+        let stalled_at = events.iter().position(|e| e["type"] == "workflow.stalled");
         for step in ["s0", "s1", "s2"] {
             let runs = ran
                 .get(&(id.clone(), step.to_string()))
@@ -193,16 +193,16 @@ async fn three_instances_share_the_work_and_one_killed_mid_step_loses_nothing() 
                 assert_eq!(runs, 1, "{id}/{step} completed, then ran again");
             }
         }
-        let stalled = stalled_at.is_some();
+        let by_victim = events
+            .iter()
+            .find(|e| e["type"] == "workflow.stalled" && e["previous_owner"] == victim_id.as_str());
         if held.contains(id) {
-            assert!(stalled, "{id} was the victim's but was not taken over");
+            let stalled =
+                by_victim.unwrap_or_else(|| panic!("{id} was the victim's but was not taken over"));
             // Taken over once the lease ran out (2 s), not much later: the slack is for a
             // busy machine, far from the 30 s default TTL a stuck claim would look like.
-            let at: chrono::DateTime<chrono::Utc> = events[stalled_at.unwrap()]["at"]
-                .as_str()
-                .unwrap()
-                .parse()
-                .unwrap();
+            let at: chrono::DateTime<chrono::Utc> =
+                stalled["at"].as_str().unwrap().parse().unwrap();
             let after = (at - killed_at).num_milliseconds();
             assert!(after < 15_000, "{id} taken over {after} ms after the kill");
             assert!(events.iter().any(|e| e["type"] == "workflow.resumed"));
@@ -483,9 +483,8 @@ async fn controls_and_a_workflows_stream_work_on_an_instance_that_does_not_run_i
         .skip_while(|t| *t != "step.skipped")
         .map(String::as_str)
         .collect();
-    assert_eq!(
-        from_skip[..3],
-        ["step.skipped", "step.started", "step.completed"],
+    assert!(
+        from_skip.starts_with(&["step.skipped", "step.started", "step.completed"]),
         "{seen:?}"
     );
 }

@@ -84,8 +84,15 @@ pub struct Relay {
     /// The database's URL through the relay (unencrypted, so that it can read the protocol).
     pub url: String,
     armed: Arc<AtomicBool>,
-    /// Per connection, in the order they were made: the round trips its client asked for.
-    round_trips: Arc<Mutex<Vec<Arc<AtomicU64>>>>,
+    /// Per connection, in the order they were made: what its client asked for.
+    counts: Arc<Mutex<Vec<Arc<Counts>>>>,
+}
+
+/// What one connection's client asked for so far.
+#[derive(Default)]
+struct Counts {
+    round_trips: AtomicU64,
+    commits: AtomicU64,
 }
 
 impl Relay {
@@ -100,24 +107,20 @@ impl Relay {
             listener.local_addr().unwrap()
         );
         let armed = Arc::new(AtomicBool::new(false));
-        let round_trips: Arc<Mutex<Vec<Arc<AtomicU64>>>> = Arc::default();
+        let counts: Arc<Mutex<Vec<Arc<Counts>>>> = Arc::default();
         let server = server.to_string();
-        let (relay_armed, counters) = (armed.clone(), round_trips.clone());
+        let (relay_armed, counters) = (armed.clone(), counts.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(upstream) = tokio::net::TcpStream::connect(&server).await else {
                     continue;
                 };
-                let count = Arc::new(AtomicU64::new(0));
+                let count = Arc::new(Counts::default());
                 counters.lock().unwrap().push(count.clone());
                 tokio::spawn(relay(client, upstream, relay_armed.clone(), count));
             }
         });
-        Self {
-            url,
-            armed,
-            round_trips,
-        }
+        Self { url, armed, counts }
     }
 
     /// Loses the answer to the next `COMMIT` that any connection sends.
@@ -125,17 +128,22 @@ impl Relay {
         self.armed.store(true, SeqCst);
     }
 
-    /// The round trips each connection's client has asked for so far.
-    pub fn round_trips(&self) -> Vec<u64> {
-        let counters = self.round_trips.lock().unwrap();
-        counters.iter().map(|c| c.load(SeqCst)).collect()
+    /// Per connection: the round trips its client has asked for so far, and its `COMMIT`s.
+    pub fn counts(&self) -> Vec<(u64, u64)> {
+        let counters = self.counts.lock().unwrap();
+        counters
+            .iter()
+            .map(|c| (c.round_trips.load(SeqCst), c.commits.load(SeqCst)))
+            .collect()
     }
 }
 
 /// Reads the messages a client sends, as they cross the relay in pieces of any size: after
 /// the start-up message (length, then body), each is a type byte, a length and a body. A
 /// round trip ends with `Sync` (the extended protocol sqlx uses for statements) or a simple
-/// `Query` (as sqlx sends `BEGIN` and `COMMIT`): the client then waits for the answer.
+/// `Query` (as sqlx sends `BEGIN` and `COMMIT`): the client then waits for the answer. The
+/// relay's URL disables TLS, so the first message is the start-up message itself (never an
+/// `SSLRequest`).
 #[derive(Default)]
 struct ClientMessages {
     started: bool,
@@ -177,7 +185,7 @@ async fn relay(
     client: tokio::net::TcpStream,
     upstream: tokio::net::TcpStream,
     armed: Arc<AtomicBool>,
-    round_trips: Arc<AtomicU64>,
+    counts: Arc<Counts>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut from_client, mut to_client) = client.into_split();
@@ -191,10 +199,15 @@ async fn relay(
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            round_trips.fetch_add(messages.feed(&buf[..n]), SeqCst);
+            counts
+                .round_trips
+                .fetch_add(messages.feed(&buf[..n]), SeqCst);
             // A simple-protocol `COMMIT` (sqlx ends transactions so): 'Q', length, text, NUL.
-            if buf[..n].windows(7).any(|w| w == b"COMMIT\0") && armed.swap(false, SeqCst) {
-                losing.store(true, SeqCst);
+            if buf[..n].windows(7).any(|w| w == b"COMMIT\0") {
+                counts.commits.fetch_add(1, SeqCst);
+                if armed.swap(false, SeqCst) {
+                    losing.store(true, SeqCst);
+                }
             }
             if to_server.write_all(&buf[..n]).await.is_err() {
                 return;

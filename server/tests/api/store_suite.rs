@@ -582,14 +582,20 @@ async fn a_takeover_waits_for_a_checkpoint_in_progress_and_then_fences_the_old_o
     // The old owner's checkpoint, held up between its lease check and its commit.
     let mut admin = pg.connect().await;
     for sql in [
+        // It waits for the lock the test holds, as long as the test holds it.
         "CREATE FUNCTION cairn.slow_ids() RETURNS trigger LANGUAGE plpgsql AS \
-         $$ BEGIN PERFORM pg_sleep(2); RETURN NEW; END $$",
+         $$ BEGIN PERFORM pg_advisory_lock(4242); PERFORM pg_advisory_unlock(4242); \
+         RETURN NEW; END $$",
         // Taking the ids comes after the lease check and before the rows are written.
         "CREATE TRIGGER slow_ids BEFORE UPDATE ON cairn.log_head FOR EACH ROW \
          EXECUTE FUNCTION cairn.slow_ids()",
     ] {
         sqlx::query(sql).execute(&mut admin).await.unwrap();
     }
+    sqlx::query("SELECT pg_advisory_lock(4242)")
+        .execute(&mut admin)
+        .await
+        .unwrap();
     let mut start = event(&id, Event::WorkflowStarted {});
     start.fence = Some(fence.clone());
     let committing = tokio::spawn({
@@ -598,14 +604,15 @@ async fn a_takeover_waits_for_a_checkpoint_in_progress_and_then_fences_the_old_o
     });
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let sleeping: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND datname = $1",
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE wait_event_type = 'Lock' AND wait_event = 'advisory' AND datname = $1",
         )
         .bind(pg.url.rsplit('/').next().unwrap())
         .fetch_one(&mut admin)
         .await
         .unwrap();
-        if sleeping > 0 {
+        if waiting > 0 {
             break;
         }
         assert!(
@@ -622,6 +629,10 @@ async fn a_takeover_waits_for_a_checkpoint_in_progress_and_then_fences_the_old_o
         during.is_empty(),
         "a claim took the lease from under a checkpoint in progress"
     );
+    sqlx::query("SELECT pg_advisory_unlock(4242)")
+        .execute(&mut admin)
+        .await
+        .unwrap();
     let out = committing.await.unwrap().unwrap();
     assert!(matches!(out[0], Outcome::Committed { .. }), "{out:?}");
     sqlx::query("DROP TRIGGER slow_ids ON cairn.log_head")
@@ -675,39 +686,48 @@ async fn instances_starting_at_once_on_an_empty_database_share_one_schema() {
 
 /// A checkpoint costs Postgres the same round trips whatever its size: three hundred new
 /// workflows as many as one (array inserts and upserts, never a statement per row), and as
-/// many as the README says: begin, lock, read the leases, take the ids, write, commit.
+/// many as the README says: begin, lock, read the leases, take the ids, write, commit; two
+/// more to lock and read idempotency keys.
 #[tokio::test]
 async fn a_checkpoint_of_three_hundred_changes_takes_the_round_trips_of_one() {
     let db = TestDb::new().await;
     let relay = crate::pg::Relay::start(&db).await;
     let store = Store::connect(&relay.url).await.unwrap();
-    let new = |n: usize| -> Vec<Change> {
+    let new = |n: usize, keyed: bool| -> Vec<Change> {
         (0..n)
             .map(|_| {
                 let s = spec(json!({ "id": "a", "role": "architect", "task": "A" }));
-                Change::created(s, None, cairn::DEFAULT_WORKSPACE, None)
+                let key = keyed.then(|| (uuid::Uuid::new_v4().to_string(), "h".to_string()));
+                Change::created(s, None, cairn::DEFAULT_WORKSPACE, key)
             })
             .collect()
     };
     // Each statement is prepared at its first use, which costs one round trip more.
-    store.commit(new(2)).await.unwrap();
+    store.commit(new(2, true)).await.unwrap();
     let mut costs = Vec::new();
-    for n in [1, 300] {
-        let before = relay.round_trips();
-        let out = store.commit(new(n)).await.unwrap();
+    for (n, keyed) in [(1, false), (300, false), (1, true), (300, true)] {
+        let before = relay.counts();
+        let out = store.commit(new(n, keyed)).await.unwrap();
         assert!(out.iter().all(|o| matches!(o, Outcome::Committed { .. })));
-        // The checkpoint's connection is the one that asked for the most meanwhile (the
-        // publisher reads the new events on another).
-        let cost = relay
-            .round_trips()
+        // The checkpoint's connection: the one that committed meanwhile (the publisher reads
+        // the new events on another, outside any transaction).
+        let committed: Vec<u64> = relay
+            .counts()
             .iter()
             .enumerate()
-            .map(|(i, after)| after - before.get(i).copied().unwrap_or(0))
-            .max()
-            .unwrap();
-        costs.push(cost);
+            .filter_map(|(i, (trips, commits))| {
+                let (trips_before, commits_before) = before.get(i).copied().unwrap_or((0, 0));
+                (*commits > commits_before).then(|| trips - trips_before)
+            })
+            .collect();
+        assert_eq!(committed.len(), 1, "{committed:?}");
+        costs.push(committed[0]);
     }
-    assert_eq!(costs, [6, 6], "round trips of a checkpoint of 1 and of 300");
+    assert_eq!(
+        costs,
+        [6, 6, 8, 8],
+        "round trips of checkpoints of 1 and 300 changes, without and with keys"
+    );
 }
 
 /// A group that changes one workflow twice is committed in two rounds, in one transaction:
@@ -741,10 +761,27 @@ async fn a_group_of_several_rounds_notifies_once() {
     let Outcome::Committed { records, .. } = &out[1] else {
         panic!("{out:?}")
     };
-    let first = listener.recv().await.unwrap();
-    assert_eq!(first.payload(), records[0].id.to_string());
-    let second = tokio::time::timeout(Duration::from_millis(500), listener.recv()).await;
-    assert!(second.is_err(), "notified again: {second:?}");
+    let wait = Duration::from_secs(10);
+    let first = tokio::time::timeout(wait, listener.recv()).await.unwrap();
+    assert_eq!(first.unwrap().payload(), records[0].id.to_string());
+    // Both would come with the commit.
+    let again = tokio::time::timeout(Duration::from_millis(500), listener.recv()).await;
+    assert!(again.is_err(), "notified again: {again:?}");
+
+    // Its last round refused (a workflow cannot start twice), it still notifies, once.
+    let other = create(&store).await;
+    let first = tokio::time::timeout(wait, listener.recv()).await.unwrap();
+    assert!(first.is_ok(), "the creation is notified");
+    let start = || event(&other, Event::WorkflowStarted {});
+    let out = store.commit(vec![start(), start()]).await.unwrap();
+    let Outcome::Committed { records, .. } = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert!(matches!(out[1], Outcome::Rejected(_)), "{out:?}");
+    let notified = tokio::time::timeout(wait, listener.recv()).await.unwrap();
+    assert_eq!(notified.unwrap().payload(), records[0].id.to_string());
+    let again = tokio::time::timeout(Duration::from_millis(500), listener.recv()).await;
+    assert!(again.is_err(), "notified again: {again:?}");
 }
 
 /// Runs workflow `id` (one step `a`) to `end`: completed with an output, failed or cancelled.
