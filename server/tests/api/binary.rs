@@ -65,3 +65,56 @@ fn a_missing_config_file_names_the_file() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/cairn.toml"), "{err}");
 }
+
+/// The id `/api/health` gives an instance is in its log too: on the start-up line and on
+/// every line its engine writes, so the logs of many instances can be told apart.
+#[tokio::test]
+async fn the_instance_id_from_health_names_the_servers_log_lines() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("cairn.db").display());
+    let mut child = Command::new(BIN)
+        .args(["serve", "--addr", "127.0.0.1:0", "--database-url", &url])
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let listening = loop {
+        let line = lines.recv_timeout(Duration::from_secs(30)).unwrap();
+        if line.contains("listening on http://") {
+            break line;
+        }
+    };
+    let base = listening.split("listening on ").nth(1).unwrap();
+    let base = base.split_whitespace().next().unwrap();
+    let health = crate::helpers::get_json(&reqwest::Client::new(), base, "/api/health").await;
+    let instance = health["instance"].as_str().unwrap();
+    assert!(
+        listening.contains(&format!("instance={instance}")),
+        "{listening}"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+    let rest: Vec<String> = lines.iter().collect();
+    let stopped = rest
+        .iter()
+        .find(|l| l.contains("engine stopped"))
+        .unwrap_or_else(|| panic!("no engine line in {rest:?}"));
+    assert!(
+        stopped.contains(&format!("engine{{instance={instance}}}")),
+        "{stopped}"
+    );
+}
