@@ -302,6 +302,76 @@ async fn a_server_whose_database_connections_die_mid_run_carries_on() {
     }
 }
 
+/// Postgres itself restarted in the middle of running workflows (a cluster of the test's own,
+/// so that the shared one is not disturbed): the server's connections are cut and refused
+/// until it is back; the server reconnects and carries on, its workflows all finish, and every
+/// step's program ran only under a start the log holds, a completed step never again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_carries_on_across_a_postgres_restart() {
+    let cluster = crate::pg::OwnCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let config = config_file(
+        dir.path(),
+        &format!(
+            "[roles.marked]\nrunner = \"command\"\nprogram = \"sh\"\n\
+             args = ['-c', 'echo \"$CAIRN_WORKFLOW_ID $CAIRN_STEP_ID\" >> {}; sleep 0.5; cat']\n",
+            runs.display()
+        ),
+    );
+    let (child, url) = serve_binary_on(&cluster.url, Some(&config));
+    let _server = Server {
+        child,
+        url: url.clone(),
+        instance: String::new(),
+    };
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let mut spec = chain(&format!("wf{i}"));
+        for step in spec["steps"].as_array_mut().unwrap() {
+            step["role"] = json!("marked");
+        }
+        ids.push(start_on(&client, &url, &spec).await);
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let first = get_json(&client, &url, &format!("/api/workflows/{}", ids[0])).await;
+    assert_eq!(first["status"], "running", "restarted mid-run: {first}");
+    cluster.restart();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for id in &ids {
+        wait_completed(&client, &url, id, deadline).await;
+    }
+    let mut ran: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for line in std::fs::read_to_string(&runs).unwrap().lines() {
+        let (wf, step) = line.split_once(' ').unwrap();
+        *ran.entry((wf.to_string(), step.to_string())).or_default() += 1;
+    }
+    for id in &ids {
+        let h = get_json(&client, &url, &format!("/api/workflows/{id}/history")).await;
+        let events = h["events"].as_array().unwrap();
+        for step in ["s0", "s1", "s2"] {
+            let runs = ran
+                .get(&(id.clone(), step.to_string()))
+                .copied()
+                .unwrap_or(0);
+            let of = |kind: &str| {
+                events
+                    .iter()
+                    .filter(|e| e["type"] == kind && e["step_id"] == step)
+                    .count()
+            };
+            assert_eq!(of("step.completed"), 1, "{id}/{step}");
+            assert!(
+                runs >= 1 && runs <= of("step.started"),
+                "{id}/{step}: ran {runs}, started {}",
+                of("step.started")
+            );
+        }
+    }
+}
+
 /// An instance stopped on purpose (`SIGTERM`, as a rolling deploy does) hands its workflows
 /// over: another instance takes them over at once rather than when the leases expire (a
 /// minute here), runs the stopped attempt again, and nothing completed runs twice.

@@ -235,3 +235,114 @@ async fn relay(
         _ = down => {}
     }
 }
+
+/// A PostgreSQL cluster of a test's own (Debian's binaries, a data directory in a temporary
+/// folder, a free port), for what must not disturb the shared server: restarting it. As root
+/// it runs as the `postgres` user, as Debian's clusters do. Stopped when dropped.
+pub struct OwnCluster {
+    /// Its `postgres` database.
+    pub url: String,
+    bin: std::path::PathBuf,
+    data: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl OwnCluster {
+    pub fn start() -> Self {
+        let versions = std::fs::read_dir("/usr/lib/postgresql").expect(
+            "PostgreSQL's binaries in /usr/lib/postgresql (scripts/postgres.sh installs them)",
+        );
+        let bin = versions
+            .filter_map(|v| v.ok().map(|v| v.path().join("bin")))
+            .filter(|b| b.join("pg_ctl").exists())
+            .max()
+            .expect("a PostgreSQL with pg_ctl");
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cluster = Self {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            bin,
+            data,
+            _dir: dir,
+        };
+        if nix::unistd::geteuid().is_root() {
+            let chown = std::process::Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(cluster._dir.path())
+                .status()
+                .unwrap();
+            assert!(chown.success());
+        }
+        cluster.pg(
+            "initdb",
+            &["-A", "trust", "-U", "postgres", "--no-sync", "-D"],
+        );
+        let options = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off",
+            cluster._dir.path().display()
+        );
+        cluster.pg_ctl(&["-o", &options], "start");
+        cluster
+    }
+
+    /// Restarts it (fast: connections are cut, the server stops and starts again).
+    pub fn restart(&self) {
+        self.pg_ctl(&["-m", "fast"], "restart");
+    }
+
+    /// `pg_ctl`, waiting for it; the server it starts writes to a log file, never to the
+    /// pipes `pg_ctl`'s output is read from (they would stay open as long as it runs).
+    fn pg_ctl(&self, args: &[&str], action: &str) {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let log = self._dir.path().join("log").display().to_string();
+        all.extend(["-l".into(), log, "-w".into(), "-D".into()]);
+        all.push(self.data.display().to_string());
+        all.push(action.into());
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        self.run("pg_ctl", &all);
+    }
+
+    fn pg(&self, program: &str, args: &[&str]) {
+        let mut all = args.to_vec();
+        let data = self.data.display().to_string();
+        all.push(&data);
+        self.run(program, &all);
+    }
+
+    /// `program` of PostgreSQL's, as the user that owns the cluster.
+    fn command(&self, program: &str) -> std::process::Command {
+        let path = self.bin.join(program);
+        if nix::unistd::geteuid().is_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            std::process::Command::new(path)
+        }
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let out = self.command(program).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let data = self.data.display().to_string();
+        let _ = self
+            .command("pg_ctl")
+            .args(["-m", "immediate", "-w", "-D", &data, "stop"])
+            .output();
+    }
+}
