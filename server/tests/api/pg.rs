@@ -244,7 +244,7 @@ pub struct OwnCluster {
     pub url: String,
     bin: std::path::PathBuf,
     data: std::path::PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl OwnCluster {
@@ -252,11 +252,17 @@ impl OwnCluster {
         let versions = std::fs::read_dir("/usr/lib/postgresql").expect(
             "PostgreSQL's binaries in /usr/lib/postgresql (scripts/postgres.sh installs them)",
         );
+        // The newest (by major version: 9.6 is older than 15).
         let bin = versions
-            .filter_map(|v| v.ok().map(|v| v.path().join("bin")))
-            .filter(|b| b.join("pg_ctl").exists())
-            .max()
-            .expect("a PostgreSQL with pg_ctl");
+            .filter_map(|v| v.ok())
+            .filter_map(|v| {
+                let major: f64 = v.file_name().to_str()?.parse().ok()?;
+                let bin = v.path().join("bin");
+                bin.join("pg_ctl").exists().then_some((major, bin))
+            })
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .expect("a PostgreSQL with pg_ctl")
+            .1;
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -268,23 +274,22 @@ impl OwnCluster {
             url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
             bin,
             data,
-            _dir: dir,
+            dir,
         };
         if nix::unistd::geteuid().is_root() {
             let chown = std::process::Command::new("chown")
                 .args(["-R", "postgres"])
-                .arg(cluster._dir.path())
+                .arg(cluster.dir.path())
                 .status()
                 .unwrap();
             assert!(chown.success());
         }
-        cluster.pg(
-            "initdb",
-            &["-A", "trust", "-U", "postgres", "--no-sync", "-D"],
-        );
+        let data = cluster.data.display().to_string();
+        let initdb = ["-A", "trust", "-U", "postgres", "--no-sync", "-D", &data];
+        cluster.run("initdb", &initdb);
         let options = format!(
             "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off",
-            cluster._dir.path().display()
+            cluster.dir.path().display()
         );
         cluster.pg_ctl(&["-o", &options], "start");
         cluster
@@ -299,19 +304,12 @@ impl OwnCluster {
     /// pipes `pg_ctl`'s output is read from (they would stay open as long as it runs).
     fn pg_ctl(&self, args: &[&str], action: &str) {
         let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let log = self._dir.path().join("log").display().to_string();
+        let log = self.dir.path().join("log").display().to_string();
         all.extend(["-l".into(), log, "-w".into(), "-D".into()]);
         all.push(self.data.display().to_string());
         all.push(action.into());
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
         self.run("pg_ctl", &all);
-    }
-
-    fn pg(&self, program: &str, args: &[&str]) {
-        let mut all = args.to_vec();
-        let data = self.data.display().to_string();
-        all.push(&data);
-        self.run(program, &all);
     }
 
     /// `program` of PostgreSQL's, as the user that owns the cluster.
