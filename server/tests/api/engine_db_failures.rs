@@ -20,9 +20,7 @@ use crate::{
 #[tokio::test]
 async fn a_workflow_claimed_in_a_failed_checkpoint_runs_once_the_database_is_back() {
     let db = Db::postgres().await;
-    let Db::Postgres(pg) = &db else {
-        unreachable!()
-    };
+    let pg = db.pg();
     let store = db.store().await;
     let id = create(
         &store,
@@ -99,9 +97,7 @@ async fn a_retry_started_by_a_checkpoint_whose_answer_was_lost_still_runs_once()
 /// events of its history, as (step, type).
 async fn through_a_lost_answer(spec: serde_json::Value) -> Vec<(String, &'static str)> {
     let db = Db::postgres().await;
-    let Db::Postgres(pg) = &db else {
-        unreachable!()
-    };
+    let pg = db.pg();
     let relay = crate::pg::Relay::start(pg).await;
     let store = Store::connect(&relay.url).await.unwrap();
     let id = create(&store, spec).await;
@@ -153,9 +149,7 @@ async fn accept_checkpoints(sql: &mut sqlx::PgConnection) {
 #[tokio::test]
 async fn log_lines_in_a_failed_checkpoint_are_committed_by_the_next() {
     let db = Db::postgres().await;
-    let Db::Postgres(pg) = &db else {
-        unreachable!()
-    };
+    let pg = db.pg();
     let store = db.store().await;
     let id = create(
         &store,

@@ -57,21 +57,46 @@ fn chain(name: &str) -> Value {
     json!({ "name": name, "steps": steps })
 }
 
+/// A role `marked` whose every run of a step leaves a line `WORKFLOW STEP` in the file `runs`
+/// and then takes `seconds`: what ran is counted, not what the log says ran.
+fn marked_role(runs: &std::path::Path, seconds: &str) -> String {
+    format!(
+        "\n[roles.marked]\nrunner = \"command\"\nprogram = \"sh\"\n\
+         args = ['-c', 'echo \"$CAIRN_WORKFLOW_ID $CAIRN_STEP_ID\" >> {}; sleep {seconds}; cat']\n",
+        runs.display()
+    )
+}
+
+/// [`chain`] with every step in the role `marked`.
+fn marked_chain(name: &str) -> Value {
+    let mut spec = chain(name);
+    for step in spec["steps"].as_array_mut().unwrap() {
+        step["role"] = json!("marked");
+    }
+    spec
+}
+
+/// How many times each (workflow, step) ran, from the `runs` file of [`marked_role`].
+fn runs_per_step(runs: &std::path::Path) -> BTreeMap<(String, String), usize> {
+    let mut ran = BTreeMap::new();
+    for line in std::fs::read_to_string(runs).unwrap().lines() {
+        let (wf, step) = line.split_once(' ').unwrap();
+        *ran.entry((wf.to_string(), step.to_string())).or_default() += 1;
+    }
+    ran
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_share_the_work_and_one_killed_mid_step_loses_nothing() {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     // A short lease: the killed instance's workflows are taken over within ~2 s.
-    // Each run of a step leaves a line in `runs`, so what ran is counted, not what the log
-    // says ran.
     let runs = dir.path().join("runs");
     let config = config_file(
         dir.path(),
         &format!(
-            "[engine]\nlease_ttl_ms = 2000\n\n[roles.marked]\nrunner = \"command\"\n\
-             program = \"sh\"\nargs = ['-c', 'echo \"$CAIRN_WORKFLOW_ID $CAIRN_STEP_ID\" >> {}; \
-             sleep 0.7; cat']\n",
-            runs.display()
+            "[engine]\nlease_ttl_ms = 2000\n{}",
+            marked_role(&runs, "0.7")
         ),
     );
     let mut servers = Vec::new();
@@ -91,10 +116,7 @@ async fn three_instances_share_the_work_and_one_killed_mid_step_loses_nothing() 
     let client = reqwest::Client::new();
     let mut ids = Vec::new();
     for i in 0..9 {
-        let mut spec = chain(&format!("wf{i}"));
-        for step in spec["steps"].as_array_mut().unwrap() {
-            step["role"] = json!("marked");
-        }
+        let spec = marked_chain(&format!("wf{i}"));
         ids.push(start_on(&client, &servers[i % 3].url, &spec).await);
     }
 
@@ -140,11 +162,7 @@ async fn three_instances_share_the_work_and_one_killed_mid_step_loses_nothing() 
 
     // Nothing completed twice; the victim's workflows were taken over with the events that
     // say so.
-    let mut ran: BTreeMap<(String, String), usize> = BTreeMap::new();
-    for line in std::fs::read_to_string(&runs).unwrap().lines() {
-        let (wf, step) = line.split_once(' ').unwrap();
-        *ran.entry((wf.to_string(), step.to_string())).or_default() += 1;
-    }
+    let ran = runs_per_step(&runs);
     let mut taken_over = 0;
     for id in &ids {
         let h = get_json(
@@ -311,14 +329,7 @@ async fn a_server_carries_on_across_a_postgres_restart() {
     let cluster = crate::pg::OwnCluster::start();
     let dir = tempfile::tempdir().unwrap();
     let runs = dir.path().join("runs");
-    let config = config_file(
-        dir.path(),
-        &format!(
-            "[roles.marked]\nrunner = \"command\"\nprogram = \"sh\"\n\
-             args = ['-c', 'echo \"$CAIRN_WORKFLOW_ID $CAIRN_STEP_ID\" >> {}; sleep 0.5; cat']\n",
-            runs.display()
-        ),
-    );
+    let config = config_file(dir.path(), &marked_role(&runs, "0.5"));
     let (child, url) = serve_binary_on(&cluster.url, Some(&config));
     let _server = Server {
         child,
@@ -328,10 +339,7 @@ async fn a_server_carries_on_across_a_postgres_restart() {
     let client = reqwest::Client::new();
     let mut ids = Vec::new();
     for i in 0..4 {
-        let mut spec = chain(&format!("wf{i}"));
-        for step in spec["steps"].as_array_mut().unwrap() {
-            step["role"] = json!("marked");
-        }
+        let spec = marked_chain(&format!("wf{i}"));
         ids.push(start_on(&client, &url, &spec).await);
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -343,11 +351,7 @@ async fn a_server_carries_on_across_a_postgres_restart() {
     for id in &ids {
         wait_completed(&client, &url, id, deadline).await;
     }
-    let mut ran: BTreeMap<(String, String), usize> = BTreeMap::new();
-    for line in std::fs::read_to_string(&runs).unwrap().lines() {
-        let (wf, step) = line.split_once(' ').unwrap();
-        *ran.entry((wf.to_string(), step.to_string())).or_default() += 1;
-    }
+    let ran = runs_per_step(&runs);
     for id in &ids {
         let h = get_json(&client, &url, &format!("/api/workflows/{id}/history")).await;
         let events = h["events"].as_array().unwrap();

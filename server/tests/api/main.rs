@@ -21,6 +21,7 @@ mod pg;
 mod retention;
 mod secrets;
 mod sse;
+mod store_postgres;
 mod store_suite;
 mod tls;
 mod workflows;
